@@ -1,0 +1,1 @@
+"""medvlm: chest X-ray vision-language models."""

@@ -1,0 +1,274 @@
+"""The record schema every loader returns, and the bad-input handling they all share.
+
+A record is a plain dict with the keys in `RECORD_KEYS` (VQA records add `VQA_KEYS`):
+
+    image       str path to the image file, or decoded pixels (np.ndarray) in a prepared cache
+    text        the training target string (report section(s), or the answer for VQA)
+    findings    FINDINGS section, "" when absent
+    impression  IMPRESSION section, "" when absent
+    study_id    str
+    subject_id  str (the patient; equal to study_id where a dataset has no patient ids)
+    view        "PA", "AP", "LATERAL", "FRONTAL", ... or "" when unknown
+    split       "train", "validation" or "test"
+    labels      14 floats in `CHEXPERT_OBSERVATIONS` order (1 positive, 0 negative,
+                -1 uncertain, NaN not mentioned), or None when the dataset has no labels
+
+Bad input. A loader meets two kinds of problems:
+
+- structural ones (a metadata file or a required column is missing, an option has a value it does
+  not know): these always raise `DataError`, because no record could be trusted;
+- per-item ones (a missing, empty, truncated or corrupt image, an empty or non-UTF-8 report, a
+  row with an unreadable value): these raise `DataError` under ``on_error="raise"`` (the
+  default), and under ``on_error="skip"`` the item is left out, counted by reason in a `SkipLog`
+  and summarised with one ``logging.warning`` when loading ends.
+
+Items a loader leaves out on purpose (a study without the requested report section under
+``drop_missing_target=True``, a view that was filtered away) are *dropped*, not skipped: they are
+counted separately and never raise. Every loader returns a `RecordList`, a plain list that also
+carries both tallies as ``.skipped`` and ``.dropped``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from medvlm.observations import CHEXPERT_OBSERVATIONS
+
+logger = logging.getLogger("medvlm.data")
+
+RECORD_KEYS = (
+    "image", "text", "findings", "impression", "study_id", "subject_id", "view", "split", "labels",
+)
+VQA_KEYS = ("question", "answer", "answer_type", "qid")
+SPLITS = ("train", "validation", "test")
+ON_ERROR = ("raise", "skip")
+
+# Spellings of split names met in the wild -> our three names.
+_SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "val": "validation", "valid": "validation", "validate": "validation",
+    "validation": "validation", "dev": "validation",
+    "test": "test", "testing": "test",
+}
+
+
+class DataError(ValueError):
+    """A file, row or field is not what a loader expected.
+
+    The message names the file (and row/field where there is one) and what was expected.
+    `reason` is a short key (``"missing_image"``, ``"corrupt_image"``, ``"empty_report"``, ...)
+    under which `SkipLog` counts the item when ``on_error="skip"``.
+    """
+
+    def __init__(self, message: str, *, path=None, reason: str = "invalid"):
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.reason = reason
+
+    def __reduce__(self):  # keep path/reason across process boundaries (prepare workers)
+        return (_rebuild_data_error, (str(self), self.path, self.reason))
+
+
+def _rebuild_data_error(message, path, reason):
+    return DataError(message, path=path, reason=reason)
+
+
+def check_on_error(on_error: str) -> str:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    return on_error
+
+
+class RecordList(list):
+    """A list of records that also says what was left out while loading it.
+
+    ``skipped``: Counter of bad items by reason (only non-empty under ``on_error="skip"``);
+    ``dropped``: Counter of items left out by a loader option (e.g. ``"missing_target"``).
+    """
+
+    def __init__(self, records: Iterable[dict] = (), skipped=None, dropped=None):
+        super().__init__(records)
+        self.skipped: Counter = Counter(skipped or {})
+        self.dropped: Counter = Counter(dropped or {})
+
+
+class SkipLog:
+    """Collects bad items for one loading run; raises or counts them according to `on_error`.
+
+        log = SkipLog(on_error, source="mimic_cxr")
+        for row in rows:
+            try:
+                records.append(build(row))
+            except DataError as err:
+                log.skip(err)          # re-raises under on_error="raise"
+        return log.finish(records)     # RecordList; one logging.warning if anything was left out
+    """
+
+    def __init__(self, on_error: str = "raise", source: str = "data", max_examples: int = 3):
+        self.on_error = check_on_error(on_error)
+        self.source = source
+        self.max_examples = max_examples
+        self.skipped: Counter = Counter()
+        self.dropped: Counter = Counter()
+        self.examples: dict[str, list[str]] = {}
+
+    def skip(self, err: DataError) -> None:
+        """Raise `err` under ``on_error="raise"``; otherwise count it by its reason."""
+        if self.on_error == "raise":
+            raise err
+        self.skipped[err.reason] += 1
+        examples = self.examples.setdefault(err.reason, [])
+        if len(examples) < self.max_examples:
+            examples.append(str(err))
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        """Count `n` items left out on purpose (an option asked for it); never raises."""
+        if n:
+            self.dropped[reason] += n
+
+    def merge(self, other: SkipLog) -> None:
+        self.skipped.update(other.skipped)
+        self.dropped.update(other.dropped)
+        for reason, examples in other.examples.items():
+            mine = self.examples.setdefault(reason, [])
+            mine.extend(examples[: self.max_examples - len(mine)])
+
+    def summary(self) -> str:
+        parts = []
+        if self.skipped:
+            parts.append(
+                f"skipped {sum(self.skipped.values())} bad item(s): "
+                + ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
+            )
+            for reason, examples in sorted(self.examples.items()):
+                parts.extend(f"  e.g. [{reason}] {e}" for e in examples)
+        if self.dropped:
+            parts.append(
+                f"dropped {sum(self.dropped.values())} item(s) by option: "
+                + ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items()))
+            )
+        return "\n".join(parts)
+
+    def finish(self, records: Iterable[dict]) -> RecordList:
+        """Wrap `records` in a RecordList carrying the tallies and log the summary once."""
+        out = RecordList(records, self.skipped, self.dropped)
+        if self.skipped or self.dropped:
+            logger.warning("%s: loaded %d record(s); %s", self.source, len(out), self.summary())
+        return out
+
+
+# --------------------------------------------------------------------------- schema helpers
+
+
+def make_record(
+    *,
+    image,
+    text: str,
+    study_id,
+    split: str,
+    findings: str = "",
+    impression: str = "",
+    subject_id=None,
+    view: str = "",
+    labels=None,
+    **extra,
+) -> dict:
+    """One record in the common schema (ids become str; subject_id defaults to study_id)."""
+    study_id = str(study_id)
+    record = {
+        "image": image,
+        "text": text,
+        "findings": findings,
+        "impression": impression,
+        "study_id": study_id,
+        "subject_id": study_id if subject_id is None else str(subject_id),
+        "view": view,
+        "split": split,
+        "labels": labels,
+    }
+    record.update(extra)
+    return record
+
+
+def canonical_split(value, *, where: str = "") -> str:
+    """'validate', 'val', 'dev', ... -> 'validation'; an unknown name is a DataError."""
+    key = str(value).strip().lower()
+    if key not in _SPLIT_ALIASES:
+        raise DataError(
+            f"{where}: unknown split {value!r}; expected one of "
+            f"{sorted(set(_SPLIT_ALIASES))}".lstrip(": "),
+            reason="bad_split",
+        )
+    return _SPLIT_ALIASES[key]
+
+
+def check_split_arg(split) -> tuple[str, ...] | None:
+    """The loaders' `split` argument: None (all), a name, or several names -> canonical tuple."""
+    if split is None:
+        return None
+    names = [split] if isinstance(split, str) else list(split)
+    try:
+        return tuple(canonical_split(s) for s in names)
+    except DataError as err:
+        raise ValueError(f"split: {err}") from None
+
+
+def hash_split(key, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> str:
+    """Deterministic train/validation/test assignment of `key` (a study or patient id).
+
+    ``sha1(f"{seed}:{key}")`` is read as a number u in [0, 1); the key goes to train when
+    u < fractions[0], to validation when u < fractions[0] + fractions[1], else to test. The
+    result depends on nothing but the key, the fractions and the seed, so adding rows never
+    moves an existing key to another split, and all rows sharing a key share a split (hash the
+    patient id to keep splits patient-disjoint).
+    """
+    fractions = check_fractions(fractions)
+    digest = hashlib.sha1(f"{seed}:{key}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < fractions[0]:
+        return "train"
+    if u < fractions[0] + fractions[1]:
+        return "validation"
+    return "test"
+
+
+def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
+        raise ValueError(
+            f"split fractions must be three non-negative numbers (train, validation, test) "
+            f"summing to 1, got {fractions}"
+        )
+    return fractions
+
+
+def parse_label(value, *, where: str) -> float:
+    """One CheXpert label cell -> 1.0 / 0.0 / -1.0, or NaN for blank (not mentioned)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, float) and math.isnan(value):
+        return math.nan
+    if isinstance(value, str):
+        value = value.strip()
+        if value == "" or value.lower() in ("nan", "none", "null"):
+            return math.nan
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number not in (1.0, 0.0, -1.0):
+        raise DataError(
+            f"{where}: label value {value!r} is not one of 1, 0, -1 or blank", reason="bad_label"
+        )
+    return number
+
+
+def labels_from_mapping(row, columns: Sequence[str], *, where: str) -> list[float]:
+    """Labels in CHEXPERT_OBSERVATIONS order from `row[column]` for the 14 given column names."""
+    if len(columns) != len(CHEXPERT_OBSERVATIONS):
+        raise ValueError(f"need {len(CHEXPERT_OBSERVATIONS)} label columns, got {len(columns)}")
+    return [parse_label(row[c], where=f"{where}, column {c!r}") for c in columns]

@@ -1,0 +1,13 @@
+"""The medvlm models. Self-contained: imports only torch, timm and transformers (and relatively),
+so a checkpoint directory can also be shared as HF remote code."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+
+from .configuration_medvlm import MedVLMConfig
+from .modeling_medvlm import MedVLMForConditionalGeneration, MedVLMModel, MedVLMOutput
+
+AutoConfig.register("medvlm", MedVLMConfig, exist_ok=True)
+AutoModel.register(MedVLMConfig, MedVLMModel, exist_ok=True)
+AutoModelForImageTextToText.register(MedVLMConfig, MedVLMForConditionalGeneration, exist_ok=True)
+
+__all__ = ["MedVLMConfig", "MedVLMModel", "MedVLMForConditionalGeneration", "MedVLMOutput"]

@@ -1,0 +1,66 @@
+"""MedVLMConfig: the vision tower, the text tower and the fusion decoder as one config.
+
+The two towers are described by plain dicts so that any timm model and any GPT-2- or
+BERT-family transformers model can be named without a config class per backbone:
+
+    vision = {"model_name": "vit_small_patch16_224", "img_size": 224, "in_chans": 1,
+              "timm_kwargs": {...}, "pretrained_path": None}
+    text   = {"model_type": "gpt2", "n_embd": 384, ...,  "pretrained_path": None}
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+DEFAULT_VISION = {
+    "model_name": "vit_tiny_patch16_224",
+    "img_size": 224,
+    "in_chans": 1,
+    "timm_kwargs": {},
+    "pretrained_path": None,
+}
+DEFAULT_TEXT = {"model_type": "gpt2", "n_embd": 256, "n_layer": 4, "n_head": 4, "n_positions": 256}
+
+
+@strict
+class MedVLMConfig(PreTrainedConfig):
+    r"""
+    vision (`dict`): timm model name and arguments (see module docstring).
+    text (`dict`): a transformers config as a dict (`model_type` plus its fields); BERT-family
+        towers are switched to causal (`is_decoder=True`).
+    fusion_layers (`int`): number of fusion blocks (self-attention, cross-attention, MLP).
+    fusion_heads (`int`): attention heads in the fusion blocks.
+    fusion_mlp_ratio (`float`): MLP hidden width as a multiple of the text width.
+    embed_dim (`int`): width of the shared image-text contrastive embedding.
+    init_temperature (`float`): initial contrastive temperature; the learnt logit scale is
+        clamped to at most `max_logit_scale`.
+    contrastive_weight / caption_weight (`float`): weights of the two losses in the total.
+    label_smoothing (`float`): label smoothing of the caption loss.
+    """
+
+    model_type = "medvlm"
+
+    vision: dict | None = None
+    text: dict | None = None
+    fusion_layers: int = 2
+    fusion_heads: int = 4
+    fusion_mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    embed_dim: int = 256
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0
+    contrastive_weight: float = 1.0
+    caption_weight: float = 2.0
+    label_smoothing: float = 0.0
+    initializer_range: float = 0.02
+    vocab_size: int = 1000
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    pad_token_id: int | None = 0
+    tie_word_embeddings: bool = False  # the LM head reuses the embedding matrix itself (see LMHead)
+
+    def __post_init__(self, **kwargs):
+        self.vision = {**DEFAULT_VISION, **(self.vision or {})}
+        self.text = dict(self.text or DEFAULT_TEXT)
+        if "model_type" not in self.text:
+            raise ValueError("MedVLMConfig.text needs a 'model_type' (e.g. 'gpt2' or 'bert')")
+        super().__post_init__(**kwargs)

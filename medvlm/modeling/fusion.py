@@ -1,0 +1,124 @@
+"""Fusion decoder blocks: causal self-attention, cross-attention to image patches, MLP (pre-norm)."""
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import Cache
+from torch import nn
+
+
+def decoder_attention_mask(
+    padding_mask: torch.Tensor | None, query_len: int, past_len: int
+) -> torch.Tensor | None:
+    """Boolean (B, 1, Tq, Tk) mask for causal self-attention over cached + new tokens, or None
+    when plain causal attention (Tq == Tk, no padding) or no mask at all (one new token, no
+    padding) is exact, so SDPA can take its fast paths.
+
+    padding_mask: (B, Tk) with 1 for real tokens, covering past and new tokens.
+    Every query may attend to itself, so left-padded rows never become all-masked (NaN).
+    """
+    has_padding = padding_mask is not None and not bool(padding_mask.all())
+    if not has_padding and (past_len == 0 or query_len == 1):
+        return None
+    key_len = past_len + query_len
+    device = padding_mask.device if padding_mask is not None else None
+    query_pos = torch.arange(past_len, key_len, device=device)[:, None]  # (Tq, 1)
+    key_pos = torch.arange(key_len, device=device)[None, :]  # (1, Tk)
+    allowed = key_pos <= query_pos  # (Tq, Tk)
+    if has_padding:
+        allowed = allowed & padding_mask[:, None, None, -key_len:].bool()  # (B, 1, Tq, Tk)
+        allowed = allowed | (key_pos == query_pos)
+    return allowed if allowed.ndim == 4 else allowed[None, None]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, width: int, num_heads: int, dropout: float, layer_idx: int):
+        super().__init__()
+        if width % num_heads:
+            raise ValueError(f"fusion width {width} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.layer_idx = layer_idx  # position of this layer in the shared KV cache
+        self.qkv = nn.Linear(width, 3 * width)  # fused projection: one matmul instead of three
+        self.proj = nn.Linear(width, width)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: Cache | None) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        # q, k, v: (B, heads, T, head_dim)
+        past_len = 0
+        if cache is not None:
+            past_len = cache.get_seq_length(self.layer_idx) if len(cache.layers) > self.layer_idx else 0
+            k, v = cache.update(k, v, self.layer_idx)  # (B, heads, past + T, head_dim)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attn_mask,
+            is_causal=attn_mask is None and T > 1 and past_len == 0,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, heads, T, head_dim)
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+class CrossAttention(nn.Module):
+    """Text queries attend to image-patch keys/values; keys/values are projected once per image."""
+
+    def __init__(self, width: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.proj = nn.Linear(width, width)
+        self.dropout = dropout
+
+    def image_keys_values(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        B, N, D = image_tokens.shape
+        kv = self.kv(image_tokens).view(B, N, 2, self.num_heads, D // self.num_heads)
+        return kv.permute(2, 0, 3, 1, 4)  # (2, B, heads, N, head_dim)
+
+    def forward(self, x: torch.Tensor, image_kv: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q = self.q(x).view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2)  # (B, heads, T, hd)
+        y = F.scaled_dot_product_attention(
+            q, image_kv[0], image_kv[1], dropout_p=self.dropout if self.training else 0.0
+        )  # (B, heads, T, head_dim)
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+    def attention_weights(self, x: torch.Tensor, image_kv: torch.Tensor) -> torch.Tensor:
+        """Softmax attention of each text position over image patches: (B, heads, T, N).
+        Used by explainability only; training and generation go through SDPA."""
+        B, T, D = x.shape
+        q = self.q(x).view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2)
+        scores = q @ image_kv[0].transpose(-1, -2) / (q.shape[-1] ** 0.5)
+        return scores.softmax(dim=-1)
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc = nn.Linear(width, hidden)
+        self.proj = nn.Linear(hidden, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class FusionBlock(nn.Module):
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float, dropout: float, layer_idx: int):
+        super().__init__()
+        self.ln_self = nn.LayerNorm(width)
+        self.self_attn = CausalSelfAttention(width, num_heads, dropout, layer_idx)
+        self.ln_cross = nn.LayerNorm(width)
+        self.cross_attn = CrossAttention(width, num_heads, dropout)
+        self.ln_mlp = nn.LayerNorm(width)
+        self.mlp = MLP(width, int(width * mlp_ratio), dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        image_kv: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.ln_self(x), attn_mask, cache)
+        x = x + self.cross_attn(self.ln_cross(x), image_kv)
+        return x + self.mlp(self.ln_mlp(x))

@@ -1,0 +1,69 @@
+"""The two training losses as plain functions; the model's total is their weighted sum."""
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def gather_with_local_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from every process in rank order; gradients flow through this rank's part.
+    Without an initialised process group (one process) it returns `x` unchanged."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    parts[dist.get_rank()] = x
+    return torch.cat(parts, dim=0)
+
+
+def same_text_matrix(text_keys: torch.Tensor) -> torch.Tensor:
+    """(B, B) bool: True where two items carry identical report text.
+
+    text_keys: (B,) integer ids (e.g. a hash of the text) or (B, T) token ids compared row-wise.
+    """
+    if text_keys.ndim == 1:
+        return text_keys[:, None] == text_keys[None, :]
+    return (text_keys[:, None, :] == text_keys[None, :, :]).all(dim=-1)
+
+
+def contrastive_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    text_keys: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE over L2-normalised embeddings (B, E).
+
+    Items whose report texts are identical are positives for each other: the loss of a row is
+    -log of the softmax mass on all of its positives, so two studies with the same normal report
+    are not pushed apart. Without `text_keys` only the diagonal is positive (plain CLIP loss).
+    """
+    logits = logit_scale * image_embeds @ text_embeds.t()  # (B_img, B_txt)
+    if text_keys is None:
+        positives = torch.eye(len(logits), dtype=torch.bool, device=logits.device)
+    else:
+        positives = same_text_matrix(text_keys)
+
+    def multi_positive_nll(scores: torch.Tensor) -> torch.Tensor:
+        positive_scores = scores.masked_fill(~positives, float("-inf"))
+        return (scores.logsumexp(dim=-1) - positive_scores.logsumexp(dim=-1)).mean()
+
+    return 0.5 * (multi_positive_nll(logits) + multi_positive_nll(logits.t()))
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Next-token cross-entropy. THE one place where the token shift happens: position t of
+    `logits` (B, T, V) predicts token t+1 of `labels` (B, T). Labels equal to -100 (pads,
+    prompt tokens) are ignored."""
+    shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1])  # (B*(T-1), V)
+    shifted_labels = labels[:, 1:].reshape(-1)  # (B*(T-1),)
+    return F.cross_entropy(
+        shifted_logits.float(), shifted_labels, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing
+    )
+
+
+def weighted_total(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """Sum of named loss parts, each times its weight (parts without a weight count once)."""
+    return sum(weights.get(name, 1.0) * value for name, value in parts.items())

@@ -1,0 +1,65 @@
+"""transformers adapter: token ids -> unimodal, causal text states (GPT-2 or BERT family)."""
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel
+from transformers.cache_utils import Cache
+from torch import nn
+
+
+def text_config_from(spec: dict):
+    """A transformers config from a dict with `model_type`; BERT-family models are made causal."""
+    fields = {k: v for k, v in spec.items() if k not in ("model_type", "pretrained_path")}
+    config = AutoConfig.for_model(spec["model_type"], **fields)
+    if hasattr(config, "is_decoder"):
+        config.is_decoder = True  # BERT-style encoders run causally: one pass serves both losses
+    return config
+
+
+def text_spec_from_checkpoint(path: str | Path) -> dict:
+    """The `text` dict of MedVLMConfig for a local transformers checkpoint directory."""
+    config = AutoConfig.from_pretrained(str(path))
+    spec = config.to_diff_dict()
+    spec["model_type"] = config.model_type
+    spec["pretrained_path"] = str(path)
+    for key in ("architectures", "transformers_version", "dtype", "torch_dtype"):
+        spec.pop(key, None)
+    return spec
+
+
+class TextTower(nn.Module):
+    def __init__(self, spec: dict):
+        super().__init__()
+        self.model = AutoModel.from_config(text_config_from(spec))
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler = None  # BERT's [CLS] pooler is unused: we pool at the end token
+        self.hidden_size = self.model.config.hidden_size
+        self.num_layers = self.model.config.num_hidden_layers
+
+    def load_pretrained(self, path: str | Path) -> None:
+        """Copy weights from a local transformers checkpoint of the same architecture."""
+        source = AutoModel.from_pretrained(str(path))
+        missing, _ = self.model.load_state_dict(source.state_dict(), strict=False)
+        if len(missing) == len(self.model.state_dict()):
+            raise ValueError(f"{path}: no weight matches the {type(self.model).__name__} text tower")
+
+    @property
+    def token_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=cache is not None,
+        )
+        return out.last_hidden_state  # (B, T, D)

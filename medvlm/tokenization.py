@@ -1,0 +1,107 @@
+"""A sentencepiece tokenizer trained on report text, exposed as an HF fast tokenizer.
+
+sentencepiece learns the unigram vocabulary; the learnt pieces and scores are then loaded into a
+`tokenizers` Unigram model so the tokenizer saves, loads and batches like any HF tokenizer
+(`tokenizer.json`), and the processor can ship it with the model. The `.model` file is kept
+beside it for provenance and for users of the sentencepiece library.
+"""
+
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import sentencepiece as spm
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers.processors import TemplateProcessing
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+PAD, BOS, EOS, UNK, SEP = "<pad>", "<s>", "</s>", "<unk>", "<sep>"
+SPM_FILE = "sentencepiece.model"
+
+
+def train_sentencepiece(texts: Iterable[str], out_file: str | Path, vocab_size: int = 1000) -> Path:
+    """Train a unigram sentencepiece model (case-folded) and write it to `out_file`.
+
+    `vocab_size` is an upper bound: small corpora get the largest vocabulary they support.
+    """
+    texts = [t.strip() for t in texts if t and t.strip()]
+    if not texts:
+        raise ValueError("cannot train a tokenizer: no non-empty report text was given")
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts),
+            model_prefix=f"{tmp}/sp",
+            vocab_size=vocab_size,
+            model_type="unigram",
+            pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+            user_defined_symbols=[SEP],
+            hard_vocab_limit=False,
+            character_coverage=1.0,
+            normalization_rule_name="nmt_nfkc_cf",
+            minloglevel=2,
+        )
+        shutil.move(f"{tmp}/sp.model", out_file)
+    return out_file
+
+
+def fast_tokenizer_from_sentencepiece(spm_file: str | Path, model_max_length: int = 256) -> PreTrainedTokenizerFast:
+    """Wrap a trained sentencepiece model as an HF fast tokenizer that adds `<s> ... </s>`
+    (and `<s> question <sep> answer </s>` for pairs, used by VQA)."""
+    sp = spm.SentencePieceProcessor(model_file=str(spm_file))
+    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=sp.unk_id(), byte_fallback=False))
+    # the same normalisation sentencepiece trained with: NFKC, case folding, collapsed spaces
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    ids = {piece: sp.piece_to_id(piece) for piece in (PAD, BOS, EOS, UNK, SEP)}
+    tok.post_processor = TemplateProcessing(
+        single=f"{BOS} $A {EOS}",
+        pair=f"{BOS} $A {SEP} $B {EOS}",
+        special_tokens=[(BOS, ids[BOS]), (EOS, ids[EOS]), (SEP, ids[SEP])],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK, sep_token=SEP,
+        model_max_length=model_max_length,
+    )
+    fast.init_kwargs["spm_file"] = SPM_FILE
+    fast._spm_source = Path(spm_file)
+    return fast
+
+
+def train_report_tokenizer(
+    texts: Iterable[str], out_dir: str | Path, vocab_size: int = 1000, model_max_length: int = 256
+) -> PreTrainedTokenizerFast:
+    """Train on `texts` and save the HF tokenizer plus the sentencepiece model to `out_dir`."""
+    out_dir = Path(out_dir)
+    spm_file = train_sentencepiece(texts, out_dir / SPM_FILE, vocab_size)
+    tokenizer = fast_tokenizer_from_sentencepiece(spm_file, model_max_length)
+    tokenizer.save_pretrained(str(out_dir))
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> None:
+    """Save an HF tokenizer, carrying its sentencepiece model file along when it has one."""
+    tokenizer.save_pretrained(str(out_dir))
+    source = getattr(tokenizer, "_spm_source", None)
+    if source is not None and Path(source).is_file() and Path(source).resolve() != (Path(out_dir) / SPM_FILE).resolve():
+        shutil.copyfile(source, Path(out_dir) / SPM_FILE)
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """Any HF tokenizer saved in a local directory (ours, or e.g. a BERT vocabulary)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"tokenizer directory not found: {path}")
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if (path / SPM_FILE).is_file():
+        tokenizer._spm_source = path / SPM_FILE
+    if tokenizer.pad_token is None:
+        raise ValueError(f"{path}: the tokenizer has no pad token; set one before training")
+    return tokenizer
