@@ -65,6 +65,14 @@ class MedVLMPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     _supports_sdpa = True
 
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups: matrices decay; biases, norms, scales and other 1-d tensors do not."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+
     def _init_weights(self, module: nn.Module) -> None:
         # Reached for our own modules and the timm backbone; the HF text tower keeps its own init.
         std = self.config.initializer_range

@@ -1,0 +1,62 @@
+"""One entry point from a config's `data:` section to records of a split.
+
+Each dataset module keeps its own loader; this file only maps the `dataset` name to it.
+"""
+
+from pathlib import Path
+
+SYNTHETIC_DEFAULTS = {"num_train": 2000, "num_validation": 200, "num_test": 300, "seed": 0}
+SPLITS = ("train", "validation", "test")
+
+
+def _synthetic(root, split, image_size, on_error, **options):
+    from .synthetic import synthetic_records, synthetic_vqa_records
+
+    opts = {**SYNTHETIC_DEFAULTS, **options}
+    unknown = set(opts) - set(SYNTHETIC_DEFAULTS) - {"vqa", "questions_per_study"}
+    if unknown:
+        raise ValueError(f"data.options: unknown synthetic option(s) {sorted(unknown)}; "
+                         f"known: {sorted(SYNTHETIC_DEFAULTS) + ['vqa', 'questions_per_study']}")
+    sizes = [opts["num_train"], opts["num_validation"], opts["num_test"]]
+    start = sum(sizes[: SPLITS.index(split)])  # disjoint index ranges keep the splits apart
+    if opts.get("vqa"):
+        return synthetic_vqa_records(sizes[SPLITS.index(split)], seed=opts["seed"], image_size=image_size,
+                                     split=split, start_index=start,
+                                     questions_per_study=opts.get("questions_per_study", 4))
+    return synthetic_records(sizes[SPLITS.index(split)], seed=opts["seed"], image_size=image_size,
+                             split=split, start_index=start)
+
+
+def _loader(name: str):
+    if name == "mimic_cxr":
+        from .mimic_cxr import load_mimic_cxr
+        return load_mimic_cxr
+    if name == "iu_xray":
+        from .iu_xray import load_iu_xray
+        return load_iu_xray
+    if name == "vqa_rad":
+        from .vqa import load_vqa_rad
+        return load_vqa_rad
+    if name == "slake":
+        from .vqa import load_slake
+        return load_slake
+    if name in ("csv", "jsonl", "hf"):
+        from .tabular import load_tabular
+        return load_tabular
+    raise ValueError(f"data.dataset: unknown dataset '{name}'; expected one of "
+                     "synthetic, mimic_cxr, iu_xray, vqa_rad, slake, csv, jsonl, hf")
+
+
+def load_split(dataset: str, split: str, root: str | None = None, image_size: int = 128,
+               on_error: str = "raise", options: dict | None = None) -> list[dict]:
+    """Records of one split ("train", "validation" or "test") of the configured dataset."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got '{split}'")
+    options = dict(options or {})
+    if dataset == "synthetic":
+        return _synthetic(root, split, image_size, on_error, **options)
+    if root is None:
+        raise ValueError(f"data.root is required for dataset '{dataset}' (the folder that holds it)")
+    if not Path(root).exists():
+        raise FileNotFoundError(f"data.root: {root} does not exist")
+    return _loader(dataset)(root, split=split, on_error=on_error, **options)

@@ -1,0 +1,146 @@
+"""MedVLMProcessor: image transform + tokenizer, saved and loaded with the model.
+
+Also the bridge from dataset records to model batches (`RecordDataset`, `collate`), so
+tokenisation happens here, before the model, never inside `forward`.
+"""
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .data.images import ImageTransform, load_image
+from .data.records import DataError
+from .modeling.losses import IGNORE_INDEX
+from .tokenization import load_tokenizer, save_tokenizer
+
+PROCESSOR_FILE = "processor_config.json"
+log = logging.getLogger(__name__)
+
+
+def text_key(text: str) -> int:
+    """A stable 63-bit id of a report's text: equal ids mean identical reports (contrastive positives)."""
+    digest = hashlib.blake2b(" ".join(text.lower().split()).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class MedVLMProcessor:
+    def __init__(self, tokenizer, image_transform: ImageTransform, max_length: int = 128):
+        self.tokenizer = tokenizer
+        self.image_transform = image_transform
+        self.max_length = max_length
+
+    @property
+    def image_size(self) -> int:
+        return self.image_transform.image_size
+
+    def with_augmentation(self, augment: bool) -> "MedVLMProcessor":
+        """A copy whose image transform does (or does not) augment; the tokenizer is shared."""
+        settings = {**self.image_transform.to_dict(), "augment": augment}
+        return MedVLMProcessor(self.tokenizer, ImageTransform(**settings), self.max_length)
+
+    def images(self, images) -> torch.Tensor:
+        """Paths or (H, W) arrays -> (B, C, S, S) normalised pixels."""
+        return torch.stack([self.image_transform(load_image(image)) for image in images])
+
+    def texts(self, texts: list[str], prompts: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Tokenise training targets. With `prompts` (VQA questions) each item is
+        `<s> prompt <sep> text </s>` and the prompt positions get label -100, so the caption loss
+        covers answer tokens only. Returns input_ids, attention_mask, labels: (B, T)."""
+        if prompts is None:
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        else:
+            enc = self.tokenizer(prompts, texts, padding=True, truncation="only_first",
+                                 max_length=self.max_length, return_tensors="pt")
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
+        if prompts is not None:
+            # everything up to and including <sep> is prompt
+            sep = (enc["input_ids"] == self.tokenizer.sep_token_id).int().argmax(dim=1)  # (B,)
+            positions = torch.arange(labels.shape[1])[None, :]
+            labels = labels.masked_fill(positions <= sep[:, None], IGNORE_INDEX)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+
+    def prompts(self, questions: list[str]) -> dict[str, torch.Tensor]:
+        """Left-padded `<s> question <sep>` prompts for generation (VQA)."""
+        ids = [self.tokenizer(q)["input_ids"][:-1] + [self.tokenizer.sep_token_id] for q in questions]
+        width = max(map(len, ids))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+        attention_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def decode(self, sequences: torch.Tensor, skip_prompt: int = 0) -> list[str]:
+        return [t.strip() for t in self.tokenizer.batch_decode(sequences[:, skip_prompt:], skip_special_tokens=True)]
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        settings = {"image_transform": {**self.image_transform.to_dict(), "augment": False, "seed": None},
+                    "max_length": self.max_length}
+        (out_dir / PROCESSOR_FILE).write_text(json.dumps(settings, indent=2))
+        save_tokenizer(self.tokenizer, out_dir)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "MedVLMProcessor":
+        path = Path(path)
+        settings_file = path / PROCESSOR_FILE
+        if not settings_file.is_file():
+            raise FileNotFoundError(f"{path}: no {PROCESSOR_FILE}; is this a medvlm model directory?")
+        settings = json.loads(settings_file.read_text())
+        return cls(load_tokenizer(path), ImageTransform(**settings["image_transform"]), settings["max_length"])
+
+
+class RecordDataset(Dataset):
+    """Records (see medvlm.data) -> dicts of pixels and text, ready for `collate`.
+
+    A file that fails to decode during training is skipped (logged and counted) when
+    `on_error="skip"`, so one bad image never ends a run; with "raise" it stops with the
+    file's name.
+    """
+
+    def __init__(self, records, processor: MedVLMProcessor, on_error: str = "raise"):
+        self.records = records
+        self.processor = processor
+        self.on_error = on_error
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict | None:
+        record = self.records[index]
+        try:
+            pixels = self.processor.image_transform(load_image(record["image"]))
+        except DataError as error:
+            if self.on_error != "skip":
+                raise
+            self.skipped += 1
+            log.warning("skipping record %d: %s", index, error)
+            return None
+        item = {"pixel_values": pixels, "text": record["text"], "index": index}
+        if record.get("question"):
+            item["question"] = record["question"]
+        return item
+
+
+class Collator:
+    """Batch items of RecordDataset: stack pixels, tokenise texts (and VQA prompts)."""
+
+    def __init__(self, processor: MedVLMProcessor):
+        self.processor = processor
+
+    def __call__(self, items: list[dict | None]) -> dict[str, torch.Tensor]:
+        items = [item for item in items if item is not None]
+        if not items:
+            return {}
+        texts = [item["text"] for item in items]
+        prompts = [item["question"] for item in items] if "question" in items[0] else None
+        batch = self.processor.texts(texts, prompts)
+        batch["pixel_values"] = torch.stack([item["pixel_values"] for item in items])
+        batch["text_keys"] = torch.tensor([text_key(t) for t in texts])
+        batch["index"] = torch.tensor([item["index"] for item in items])
+        return batch
