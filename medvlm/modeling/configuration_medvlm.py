@@ -63,4 +63,7 @@ class MedVLMConfig(PreTrainedConfig):
         self.text = dict(self.text or DEFAULT_TEXT)
         if "model_type" not in self.text:
             raise ValueError("MedVLMConfig.text needs a 'model_type' (e.g. 'gpt2' or 'bert')")
+        # the text tower shares the tokenizer, hence the vocabulary and special ids, of the whole model
+        self.text.update(vocab_size=self.vocab_size, bos_token_id=self.bos_token_id,
+                         eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id)
         super().__post_init__(**kwargs)

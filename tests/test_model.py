@@ -1,0 +1,135 @@
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, GPT2Config, GPT2Model
+
+from medvlm.modeling import MedVLMConfig, MedVLMForConditionalGeneration, MedVLMModel
+from tiny import VOCAB, tiny_config
+
+
+def batch(B=3, T=10, pad_last=3):
+    torch.manual_seed(0)
+    ids = torch.randint(3, VOCAB, (B, T))
+    ids[:, 0] = 1
+    mask = torch.ones_like(ids)
+    mask[-1, T - pad_last:] = 0
+    ids[-1, T - pad_last:] = 0
+    ids[torch.arange(B), mask.sum(1) - 1] = 2
+    labels = ids.masked_fill(mask == 0, -100)
+    return torch.randn(B, 1, 32, 32), ids, mask, labels
+
+
+@pytest.mark.parametrize("text_type, vision", [("gpt2", "vit"), ("bert", "vit"), ("gpt2", "densenet121")])
+def test_shapes_losses_and_every_parameter_gets_a_gradient(text_type, vision):
+    torch.manual_seed(0)
+    model = MedVLMForConditionalGeneration(tiny_config(text_type, vision))
+    pixels, ids, mask, labels = batch()
+    out = model(ids, pixels, mask, labels=labels)
+    assert out.logits.shape == (3, 10, VOCAB)
+    assert out.image_embeds.shape == out.text_embeds.shape == (3, 16)
+    for name in ("loss", "caption_loss", "contrastive_loss"):
+        assert torch.isfinite(out[name]), name
+    out.loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
+    assert no_grad == []
+
+
+def test_text_tower_is_causal():
+    model = MedVLMForConditionalGeneration(tiny_config("bert")).eval()
+    pixels, ids, mask, _ = batch(pad_last=0)
+    changed = ids.clone()
+    changed[:, 6:] = 5
+    a = model(ids, pixels, mask).logits
+    b = model(changed, pixels, mask).logits
+    torch.testing.assert_close(a[:, :6], b[:, :6])  # the future does not leak into earlier positions
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    model = MedVLMForConditionalGeneration(tiny_config()).eval()
+    pixels, ids, mask, _ = batch()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, MedVLMConfig) and config.vision == model.config.vision
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert isinstance(reloaded, MedVLMForConditionalGeneration)
+    torch.testing.assert_close(model(ids, pixels, mask).logits, reloaded(ids, pixels, mask).logits, rtol=0, atol=0)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), MedVLMModel)
+
+
+def test_cached_and_uncached_greedy_generation_agree():
+    torch.manual_seed(1)
+    model = MedVLMForConditionalGeneration(tiny_config()).eval()
+    pixels = torch.randn(2, 1, 32, 32)
+    kwargs = dict(max_new_tokens=20, min_new_tokens=20, do_sample=False)
+    cached = model.generate(pixels, **kwargs)
+    uncached = model.generate(pixels, use_cache=False, **kwargs)
+    assert cached.shape == (2, 21)
+    assert torch.equal(cached, uncached)
+
+
+def test_beam_search_and_sampling_run_batched():
+    model = MedVLMForConditionalGeneration(tiny_config()).eval()
+    pixels = torch.randn(3, 1, 32, 32)
+    beams = model.generate(pixels, max_new_tokens=8, num_beams=3, no_repeat_ngram_size=2)
+    assert beams.shape[0] == 3
+    sampled = model.generate(pixels, max_new_tokens=8, do_sample=True, top_k=5, top_p=0.9, temperature=0.8)
+    assert sampled.shape[0] == 3
+
+
+def test_image_features_are_computed_once_per_image(monkeypatch):
+    model = MedVLMForConditionalGeneration(tiny_config()).eval()
+    calls = []
+    original = model.model.vision.forward
+    monkeypatch.setattr(model.model.vision, "forward", lambda x: calls.append(len(x)) or original(x))
+    model.generate(torch.randn(2, 1, 32, 32), max_new_tokens=6, num_beams=3)
+    assert calls == [2]  # one vision pass for two images, not one per step or per beam
+
+
+def test_left_padded_prompts_generate_like_single_prompts():
+    torch.manual_seed(2)
+    model = MedVLMForConditionalGeneration(tiny_config()).eval()
+    pixels = torch.randn(2, 1, 32, 32)
+    short, long = [1, 7, 9, 4], [1, 7, 9, 11, 12, 4]
+    ids = torch.tensor([[0, 0] + short, long])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6])
+    together = model.generate(pixels, input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6)
+    alone = model.generate(pixels[:1], input_ids=torch.tensor([short]), max_new_tokens=6, min_new_tokens=6)
+    assert together[0, -6:].tolist() == alone[0, -6:].tolist()
+
+
+def test_towers_load_local_pretrained_weights(tmp_path):
+    # a timm RGB checkpoint loads into a 1-channel tower (first conv adapted), no download
+    rgb = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, embed_dim=32, depth=1,
+                            num_heads=2, num_classes=0)
+    save_file(rgb.state_dict(), tmp_path / "vit.safetensors")
+    text_dir = tmp_path / "gpt2"
+    GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64, vocab_size=VOCAB)).save_pretrained(text_dir)
+
+    cfg = tiny_config()
+    cfg.vision["pretrained_path"] = str(tmp_path / "vit.safetensors")
+    cfg.text["pretrained_path"] = str(text_dir)
+    model = MedVLMForConditionalGeneration(cfg)
+    model.model.load_pretrained_towers()
+    expected = rgb.state_dict()["patch_embed.proj.weight"].sum(dim=1, keepdim=True)
+    loaded = model.model.vision.backbone.patch_embed.proj.weight
+    torch.testing.assert_close(loaded, expected, rtol=1e-5, atol=1e-6)
+    source = GPT2Model.from_pretrained(text_dir)
+    torch.testing.assert_close(model.model.text.model.wte.weight, source.wte.weight)
+
+
+def test_missing_weight_file_is_a_clear_error(tmp_path):
+    cfg = tiny_config()
+    cfg.vision["pretrained_path"] = str(tmp_path / "nope.safetensors")
+    model = MedVLMForConditionalGeneration(cfg)
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        model.model.load_pretrained_towers()
+
+
+def test_optimizer_groups_exclude_biases_and_norms_from_decay():
+    model = MedVLMForConditionalGeneration(tiny_config())
+    decay, no_decay = model.optimizer_groups(0.1)
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0
+    assert sum(map(len, (decay["params"], no_decay["params"]))) == len(list(model.parameters()))
