@@ -85,6 +85,24 @@ def load_image(source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft_siz
     return _load_pil(path, str(path), max_pixels, draft_size)
 
 
+def check_image_file(path, *, decode: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Loader-time check of an image path: it exists and is not empty (one stat call).
+
+    With ``decode=True`` the image is also fully decoded by `load_image` (slow, but finds
+    truncated and corrupt files before training). Raises DataError.
+    """
+    path = Path(path)
+    if decode:
+        load_image(path, max_pixels=max_pixels)
+        return
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise DataError(f"{path}: image file not found", path=path, reason="missing_file") from None
+    if size == 0:
+        raise DataError(f"{path}: image file is empty (0 bytes)", path=path, reason="empty_file")
+
+
 def _is_dicom(path: Path) -> bool:
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True

@@ -24,7 +24,7 @@ Bad input. A loader meets two kinds of problems:
 
 Items a loader leaves out on purpose (a study without the requested report section under
 ``drop_missing_target=True``, a view that was filtered away) are *dropped*, not skipped: they are
-counted separately and never raise. Every loader returns a `RecordList`, a plain list that also
+counted separately, never raise, and are logged at INFO level. Every loader returns a `RecordList`, a plain list that also
 carries both tallies as ``.skipped`` and ``.dropped``.
 """
 
@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from medvlm.observations import CHEXPERT_OBSERVATIONS
 
@@ -154,10 +156,16 @@ class SkipLog:
         return "\n".join(parts)
 
     def finish(self, records: Iterable[dict]) -> RecordList:
-        """Wrap `records` in a RecordList carrying the tallies and log the summary once."""
+        """Wrap `records` in a RecordList carrying the tallies and log the summary once.
+
+        One logging.warning when bad items were skipped; logging.info when items were only
+        dropped by options (filters are not a problem worth a warning).
+        """
         out = RecordList(records, self.skipped, self.dropped)
-        if self.skipped or self.dropped:
+        if self.skipped:  # bad input: a warning
             logger.warning("%s: loaded %d record(s); %s", self.source, len(out), self.summary())
+        elif self.dropped:  # only what the options asked for: for the record
+            logger.info("%s: loaded %d record(s); %s", self.source, len(out), self.summary())
         return out
 
 
@@ -272,3 +280,61 @@ def labels_from_mapping(row, columns: Sequence[str], *, where: str) -> list[floa
     if len(columns) != len(CHEXPERT_OBSERVATIONS):
         raise ValueError(f"need {len(CHEXPERT_OBSERVATIONS)} label columns, got {len(columns)}")
     return [parse_label(row[c], where=f"{where}, column {c!r}") for c in columns]
+
+
+# --------------------------------------------------------------------------- metadata files
+
+
+def read_table(path, required_columns=(), *, sep=","):
+    """A CSV (.csv or .csv.gz) with every column as str (blank -> "").
+
+    A missing or unparsable file, or a missing column, is a DataError; the message lists the
+    columns the file does have.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found", path=path, reason="missing_file") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err})", path=path, reason="not_utf8") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as err:
+        raise DataError(f"{path}: cannot parse CSV ({err})", path=path, reason="bad_table") from None
+    missing = [c for c in required_columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; the file has columns {list(df.columns)}",
+                        path=path, reason="missing_column")
+    return df
+
+
+
+
+def read_json(path, *, lines: bool = False):
+    """A UTF-8 JSON file (or JSON Lines with ``lines=True``: a list of objects); DataError if not."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found", path=path, reason="missing_file") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err})", path=path, reason="not_utf8") from None
+    if not lines:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON ({err})", path=path, reason="bad_table") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}, line {n}: not valid JSON ({err})", path=path,
+                            reason="bad_table") from None
+        if not isinstance(rows[-1], dict):
+            raise DataError(f"{path}, line {n}: expected a JSON object, got "
+                            f"{type(rows[-1]).__name__}", path=path, reason="bad_table")
+    return rows

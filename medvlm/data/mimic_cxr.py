@@ -1,0 +1,226 @@
+"""MIMIC-CXR-JPG (v2.0.0 / v2.1.0) as PhysioNet ships it, with the MIMIC-CXR free-text reports.
+
+Layout under `root` (each CSV may also be the shipped ``.csv.gz``)::
+
+    mimic-cxr-2.0.0-split.csv       dicom_id, study_id, subject_id, split (train/validate/test)
+    mimic-cxr-2.0.0-metadata.csv    dicom_id, subject_id, study_id, ViewPosition, ...
+    mimic-cxr-2.0.0-chexpert.csv    subject_id, study_id, 14 observations (1.0/0.0/-1.0/blank)
+    files/p10/p10000032/s50414267/<dicom_id>.jpg
+    files/p10/p10000032/s50414267.txt           reports (MIMIC-CXR), or mimic-cxr-reports.zip
+
+Splits come from the official split file only, which is patient-disjoint by construction.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from medvlm.data.images import check_image_file
+from medvlm.data.records import (
+    DataError, SkipLog, canonical_split, check_split_arg, labels_from_mapping, make_record,
+    read_table,
+)
+from medvlm.data.reports import TARGET_SECTIONS, compose_target, decode_report, extract_sections
+from medvlm.observations import CHEXPERT_OBSERVATIONS
+
+PREFIX = "mimic-cxr-2.0.0"
+DEFAULT_VIEWS = ("PA", "AP")
+_VIEW_PREFERENCE = ("PA", "AP", "LATERAL", "LL")
+
+
+def find_table(root: Path, name: str, *, required: bool = True) -> Path | None:
+    """`root/name` as .csv or .csv.gz."""
+    for candidate in (root / name, root / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    if required:
+        raise DataError(f"{root}: missing {name} (or {name}.gz); expected the MIMIC-CXR-JPG "
+                        "metadata files in the dataset root", path=root / name, reason="missing_file")
+    return None
+
+
+class ReportSource:
+    """Reads `files/pXX/pSUBJECT/sSTUDY.txt` from a directory or from mimic-cxr-reports.zip."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.zip = None
+        self.members: dict[str, str] = {}
+        if path.is_file():
+            try:
+                self.zip = zipfile.ZipFile(path)
+            except zipfile.BadZipFile as err:
+                raise DataError(f"{path}: not a readable zip file ({err})", path=path,
+                                reason="bad_table") from None
+            for name in self.zip.namelist():
+                # Index by the part from "files/" on, so an extra top folder does not matter.
+                i = name.find("files/")
+                if i >= 0 and name.endswith(".txt"):
+                    self.members[name[i:]] = name
+        elif not path.is_dir():
+            raise DataError(f"{path}: reports not found; expected a directory holding files/pXX/... "
+                            "or mimic-cxr-reports.zip (option reports_path)", path=path,
+                            reason="missing_file")
+
+    def read(self, rel: str) -> str:
+        if self.zip is None:
+            file = self.path / rel
+            try:
+                data = file.read_bytes()
+            except FileNotFoundError:
+                raise DataError(f"{file}: report file not found", path=file,
+                                reason="missing_report") from None
+            return decode_report(data, str(file))
+        member = self.members.get(rel)
+        name = f"{self.path}!{rel}"
+        if member is None:
+            raise DataError(f"{name}: report not in the zip", path=name, reason="missing_report")
+        return decode_report(self.zip.read(member), name)
+
+    def close(self):
+        if self.zip is not None:
+            self.zip.close()
+
+
+def _default_reports(root: Path) -> Path:
+    for candidate in (root / "mimic-cxr-reports.zip", root.parent / "mimic-cxr-reports.zip"):
+        if candidate.is_file():
+            return candidate
+    return root
+
+
+def _check_views(views):
+    if views is None or views == "all":
+        return None
+    names = [views] if isinstance(views, str) else list(views)
+    return tuple(str(v).strip().upper() for v in names)
+
+
+def load_mimic_cxr(
+    root,
+    *,
+    split=None,
+    on_error: str = "raise",
+    views=DEFAULT_VIEWS,
+    images_per_study: str = "one",
+    target_section: str = "findings",
+    drop_missing_target: bool = True,
+    reports_path=None,
+    images_root=None,
+    label_source: str = "chexpert",
+    require_images: bool = True,
+    deid_tokens: str = "drop",
+    verify_images: bool = False,
+) -> list[dict]:
+    """MIMIC-CXR-JPG records, one per image (or per study with ``images_per_study="one"``).
+
+    Options:
+      views: ViewPosition values to keep (default ("PA", "AP")); None or "all" keeps every view.
+      images_per_study: "one" keeps one image per study, preferring the views in the order
+        given (PA, then AP by default; then LATERAL, LL, others), ties broken by split-file order;
+        "all" keeps every image that passes `views`.
+      target_section: "findings" (default, as R2Gen), "impression" or "findings+impression";
+        `text` is that section (both joined for the last).
+      drop_missing_target: leave out studies whose target text is empty (counted as dropped
+        "missing_target"); False keeps them with text "".
+      reports_path: a directory holding files/pXX/pSUBJECT/sSTUDY.txt or mimic-cxr-reports.zip;
+        default root/mimic-cxr-reports.zip (or next to root), else root itself.
+      images_root: where files/pXX/... images live (default root).
+      label_source: "chexpert" (default), "negbio" (mimic-cxr-2.0.0-negbio.csv) or None; a study
+        absent from the label file gets labels None.
+      require_images: check that every image file exists and is not empty (a stat per image).
+      verify_images: also decode every image (slow; finds truncated/corrupt files up front).
+      deid_tokens: "drop" (default) removes the "___" blanks, "keep" leaves them.
+    """
+    root = Path(root)
+    log = SkipLog(on_error, source=f"mimic_cxr({root})")
+    splits = check_split_arg(split)
+    views = _check_views(views)
+    if images_per_study not in ("one", "all"):
+        raise ValueError(f"images_per_study must be 'one' or 'all', got {images_per_study!r}")
+    if target_section not in TARGET_SECTIONS:
+        raise ValueError(f"target_section must be one of {TARGET_SECTIONS}, got {target_section!r}")
+    if label_source not in ("chexpert", "negbio", None):
+        raise ValueError(f"label_source must be 'chexpert', 'negbio' or None, got {label_source!r}")
+    images_root = Path(images_root) if images_root is not None else root
+
+    split_path = find_table(root, f"{PREFIX}-split.csv")
+    split_df = read_table(split_path, ["dicom_id", "study_id", "subject_id", "split"])
+    meta_path = find_table(root, f"{PREFIX}-metadata.csv")
+    meta_df = read_table(meta_path, ["dicom_id", "ViewPosition"])
+    view_of = dict(zip(meta_df["dicom_id"], meta_df["ViewPosition"].str.strip().str.upper()))
+
+    labels_of, bad_labels = {}, set()
+    if label_source is not None:
+        label_path = find_table(root, f"{PREFIX}-{label_source}.csv", required=False)
+        if label_path is not None:
+            label_df = read_table(label_path, ["subject_id", "study_id", *CHEXPERT_OBSERVATIONS])
+            for i, row in enumerate(label_df.to_dict("records")):
+                try:
+                    labels_of[row["study_id"]] = labels_from_mapping(
+                        row, CHEXPERT_OBSERVATIONS, where=f"{label_path}, row {i + 1}")
+                except DataError as err:
+                    log.skip(err)
+                    bad_labels.add(row["study_id"])
+
+    # Group the split file's images by study, keeping file order.
+    studies: dict[str, list[tuple[str, str, str, str]]] = {}
+    for i, row in enumerate(split_df.itertuples(index=False)):
+        where = f"{split_path}, row {i + 1}"
+        try:
+            row_split = canonical_split(row.split, where=where)
+        except DataError as err:
+            log.skip(err)
+            continue
+        if splits is not None and row_split not in splits:
+            continue
+        if row.dicom_id not in view_of:
+            log.skip(DataError(f"{where}: dicom_id {row.dicom_id!r} is not in {meta_path.name}",
+                               path=split_path, reason="missing_metadata"))
+            continue
+        view = view_of[row.dicom_id]
+        if views is not None and view not in views:
+            log.drop("view_filtered")
+            continue
+        studies.setdefault(row.study_id, []).append((row.dicom_id, row.subject_id, view, row_split))
+
+    reports = ReportSource(Path(reports_path) if reports_path is not None else _default_reports(root))
+    preference = (views or ()) + tuple(v for v in _VIEW_PREFERENCE if v not in (views or ()))
+    rank = {v: k for k, v in enumerate(preference)}
+    records = []
+    try:
+        for study_id, images in studies.items():
+            subject_id = images[0][1]
+            if images_per_study == "one":
+                images = [min(images, key=lambda im: rank.get(im[2], len(rank)))]  # stable: first wins
+            folder = f"files/p{subject_id[:2]}/p{subject_id}"
+            if study_id in bad_labels:
+                continue  # its label row was counted as bad already
+            try:
+                sections = extract_sections(reports.read(f"{folder}/s{study_id}.txt"), deid=deid_tokens)
+            except DataError as err:
+                log.skip(err)
+                continue
+            text = compose_target(sections["findings"], sections["impression"], target_section)
+            labels = labels_of.get(study_id)
+            if not text and drop_missing_target:
+                log.drop("missing_target", len(images))
+                continue
+            for dicom_id, _, view, row_split in images:
+                image = images_root / folder / f"s{study_id}" / f"{dicom_id}.jpg"
+                if require_images or verify_images:
+                    try:
+                        check_image_file(image, decode=verify_images)
+                    except DataError as err:
+                        log.skip(err)
+                        continue
+                records.append(make_record(
+                    image=str(image), text=text, findings=sections["findings"],
+                    impression=sections["impression"], study_id=study_id, subject_id=subject_id,
+                    view=view, split=row_split,
+                    labels=None if labels is None else list(labels),
+                ))
+    finally:
+        reports.close()
+    return log.finish(records)
