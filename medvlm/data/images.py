@@ -419,7 +419,7 @@ class ImageTransform:
             if self.hflip and r[2] < 0.5:
                 im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 
-        x = torch.from_numpy(np.asarray(im, dtype=np.float32))  # (S, S)
+        x = torch.from_numpy(np.array(im, dtype=np.float32))  # (S, S), a writable copy
         if im.mode == "L":
             x = x * (1.0 / 255.0)
         if self.augment:
