@@ -48,7 +48,9 @@ def load_image(source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft_siz
     image's own min/max when the file has neither); MONOCHROME1 is inverted so bone is bright.
 
     `max_pixels`: an image with more pixels is refused before its pixels are decoded (a
-    `DataError`; None disables the check). `draft_size`: optional hint that the caller will
+    `DataError`; None disables the check). PIL's `Image.open` itself refuses images over twice
+    `PIL.Image.MAX_IMAGE_PIXELS` (~179 MP); that also becomes a DataError, and PIL's warning
+    below that is silenced (our limit applies instead; no global setting is changed). `draft_size`: optional hint that the caller will
     shrink the image to about this many pixels on the short side; JPEGs are then decoded at a
     reduced DCT scale (much faster, visually identical after the resize).
 
@@ -132,7 +134,8 @@ def _load_pil(fp, name: str, max_pixels: int | None, draft_size: int | None) -> 
     except DataError:
         raise
     except Image.DecompressionBombError as err:
-        raise DataError(f"{name}: image is over PIL's decompression-bomb limit ({err})",
+        # Image.open refuses sizes over twice PIL's own limit (~179 MP) before we see the size.
+        raise DataError(f"{name}: image is over the pixel limit, refusing to decode it ({err})",
                         path=name, reason="too_many_pixels") from None
     except UnidentifiedImageError:
         raise DataError(f"{name}: not a readable image (expected PNG, JPEG or DICOM; the file is "
