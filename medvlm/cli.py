@@ -40,8 +40,10 @@ def train_main(argv: list[str] | None = None) -> int:
         extra.append(f"train.output_dir={args.output_dir}")
     cfg = load_config(args.config, args.overrides + extra)
 
-    from .engine import Trainer
+    from .engine import Trainer, resolve_resume
+    from .processing import MedVLMProcessor
     from .evaluation import training_evaluator
+    from .finetuning import prepare_for_finetuning
     from .runs import build_model, build_processor, records_for
 
     import accelerate
@@ -50,8 +52,13 @@ def train_main(argv: list[str] | None = None) -> int:
     train_records = records_for(cfg, "train")
     validation_records = records_for(cfg, "validation")
     print(f"[medvlm] {cfg.data.dataset}: {len(train_records)} train / {len(validation_records)} validation records")
-    processor = build_processor(cfg, train_records)
-    model = build_model(cfg, processor)
+    resume_from = resolve_resume(cfg)
+    if resume_from is not None:
+        cfg.train.resume = str(resume_from)
+        processor = MedVLMProcessor.from_pretrained(resume_from)  # the tokenizer the run started with
+    else:
+        processor = build_processor(cfg, train_records)
+    model = prepare_for_finetuning(build_model(cfg, processor), cfg.train.freeze, cfg.train.lora)
     print(f"[medvlm] model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     trainer = Trainer(cfg, model, processor, train_records, validation_records,
                       evaluate_fn=training_evaluator(processor, cfg.eval))
@@ -73,6 +80,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from .evaluation import evaluate_model
+    from .model_card import write_model_card
     from .runs import load_trained, records_for
 
     model, processor, run_cfg = load_trained(args.checkpoint)
@@ -82,6 +90,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     train_records = records_for(cfg, "train")
     out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
     metrics = evaluate_model(model, processor, test_records, train_records, cfg.eval, out)
+    write_model_card(Path(args.checkpoint), cfg, metrics, split=cfg.eval.split)
     shown = ["bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "ce_micro_f1", "ce_macro_f1"]
     print(json.dumps({k: metrics.get(k) for k in shown}, indent=1))
     print(f"[medvlm] wrote {out}/metrics.json and {out}/results.md")

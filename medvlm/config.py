@@ -73,6 +73,8 @@ class TrainConfig:
     resume: str | None = None  # None | auto | a checkpoint directory
     max_nonfinite_steps: int = 5
     tensorboard: bool = True
+    freeze: list = field(default_factory=list)  # any of: vision, text, fusion
+    lora: dict | None = None  # e.g. {r: 8, alpha: 16, dropout: 0.05, towers: [fusion, text]}
 
 
 @dataclass

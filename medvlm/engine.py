@@ -1,6 +1,7 @@
 """The training loop on accelerate: optimisation, periodic evaluation, atomic checkpoints,
 exact resume, and logs (JSONL, TensorBoard, tqdm, a loss-curve PNG)."""
 
+import hashlib
 import json
 import logging
 import math
@@ -15,16 +16,20 @@ from typing import Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from .config import RunConfig
+from .model_card import write_model_card, write_run_info
+from .finetuning import base_model, exportable, trainable_state
 from .processing import Collator, MedVLMProcessor, RecordDataset
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 COMPLETE_MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
+TRAINABLE_FILE = "trainable.safetensors"
 LOSS_KEYS = ("loss", "caption_loss", "contrastive_loss")
 
 
@@ -84,6 +89,14 @@ def _set_rng_state(state: dict, torch_state: dict) -> None:
         torch.cuda.set_rng_state_all(torch_state["cuda"])
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     """Write a directory via `write(tmp_dir)`, then rename it into place; a crash mid-way
     leaves only a `.tmp-*` directory, never a half-written `target`."""
@@ -92,7 +105,8 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
-    (tmp / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    manifest = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir()) if f.is_file()}
+    (tmp / COMPLETE_MARKER).write_text(json.dumps({"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": manifest}))
     if target.exists():
         old = target.parent / f".old-{target.name}-{os.getpid()}"
         target.rename(old)
@@ -103,27 +117,35 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
-def save_model_dir(out: Path, model, processor: MedVLMProcessor, run_config: RunConfig) -> None:
+def save_model_dir(out: Path, model, processor: MedVLMProcessor, run_config: RunConfig,
+                   metrics: dict | None = None) -> None:
     model.save_pretrained(str(out))
     processor.save_pretrained(out)
     run_config.save(out / "run_config.yaml")
+    write_model_card(out, run_config, metrics, split="validation subset")
 
 
 def checkpoint_problem(path: Path) -> str | None:
-    """Why a checkpoint directory cannot be resumed from, or None if it looks complete."""
-    if not (path / COMPLETE_MARKER).is_file():
+    """Why a checkpoint directory cannot be resumed from, or None when every file it lists in its
+    COMPLETE manifest is present with the recorded size and SHA-256."""
+    marker = path / COMPLETE_MARKER
+    if not marker.is_file():
         return "no COMPLETE marker (interrupted while writing)"
-    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", STATE_FILE):
-        if not (path / name).is_file() or (path / name).stat().st_size == 0:
-            return f"{name} is missing or empty"
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path / "model.safetensors"), "pt") as f:
-            f.keys()
-        json.loads((path / STATE_FILE).read_text())
-    except Exception as error:  # any decoding failure means the files are damaged
-        return f"damaged file ({error.__class__.__name__}: {error})"
+        files = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError) as error:
+        return f"unreadable {COMPLETE_MARKER} manifest ({error})"
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", STATE_FILE):
+        if name not in files:
+            return f"{name} is not part of the checkpoint"
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected["size"]:
+            return f"{name} is truncated or altered ({file.stat().st_size} bytes, expected {expected['size']})"
+        if _sha256(file) != expected["sha256"]:
+            return f"{name} is corrupted (checksum mismatch)"
     return None
 
 
@@ -140,6 +162,19 @@ def find_resumable_checkpoint(output_dir: Path) -> Path | None:
         log.warning("skipping checkpoint %s: %s", path, problem)
         print(f"[medvlm] skipping checkpoint {path}: {problem}")
     return None
+
+
+def resolve_resume(cfg: RunConfig) -> Path | None:
+    """`train.resume`: None, a checkpoint directory, or "auto" (newest complete one, else start fresh)."""
+    resume = cfg.train.resume
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = find_resumable_checkpoint(Path(cfg.train.output_dir))
+        if found is None:
+            print(f"[medvlm] resume auto: no complete checkpoint in {cfg.train.output_dir}; starting fresh")
+        return found
+    return Path(resume)
 
 
 # ---------------------------------------------------------------- the loop
@@ -206,7 +241,9 @@ class Trainer:
             model = self.accelerator.unwrap_model(self.model)
 
             def write(tmp: Path) -> None:
-                save_model_dir(tmp, model, self.processor, self.cfg)
+                save_model_dir(tmp, exportable(model), self.processor, self.cfg)
+                if model is not base_model(model):  # LoRA: the adapters, to resume on top of the frozen base
+                    save_file(trainable_state(model), str(tmp / TRAINABLE_FILE))
                 torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
                 torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
                 torch_rng = {"torch": torch.get_rng_state()}
@@ -238,24 +275,20 @@ class Trainer:
         from safetensors.torch import load_file
 
         model = self.accelerator.unwrap_model(self.model)
-        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+        if model is base_model(model):
+            model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+        else:
+            adapters = load_file(str(path / TRAINABLE_FILE))
+            missing = set(trainable_state(model)) - set(adapters)
+            if missing:
+                raise ValueError(f"cannot resume from {path}: {TRAINABLE_FILE} lacks {sorted(missing)[:3]}...")
+            model.load_state_dict(adapters, strict=False)
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         self.state = TrainerState(**json.loads((path / STATE_FILE).read_text()))
         _set_rng_state(json.loads((path / "rng_host.json").read_text()),
                        torch.load(path / "rng.pt", weights_only=True))
         print(f"[medvlm] resumed from {path} at step {self.state.step}")
-
-    def _resolve_resume(self) -> Path | None:
-        resume = self.cfg.train.resume
-        if resume is None:
-            return None
-        if resume == "auto":
-            found = find_resumable_checkpoint(self.output_dir)
-            if found is None:
-                print(f"[medvlm] --resume auto: no complete checkpoint in {self.output_dir}; starting fresh")
-            return found
-        return Path(resume)
 
     # -- logging
     def _log(self, record: dict) -> None:
@@ -280,7 +313,7 @@ class Trainer:
     def evaluate(self) -> dict:
         if not self.validation_records:
             return {}
-        model = self.accelerator.unwrap_model(self.model)
+        model = base_model(self.accelerator.unwrap_model(self.model))
         was_training = model.training
         model.eval()
         subset = self.validation_records[: self.cfg.train.eval_samples]
@@ -305,7 +338,9 @@ class Trainer:
     def train(self) -> Path:
         t = self.cfg.train
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        resume_path = self._resolve_resume()
+        if self.is_main:
+            write_run_info(self.output_dir, self.cfg)
+        resume_path = resolve_resume(self.cfg)
         if resume_path is not None:
             self.resume_from(resume_path)
             self._truncate_log_after(self.state.step)
@@ -360,7 +395,7 @@ class Trainer:
             if step % t.log_every == 0 or step == t.max_steps:
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, "lr": self.scheduler.get_last_lr()[0],
-                          "logit_scale": float(self.accelerator.unwrap_model(model).model.clamped_logit_scale()),
+                          "logit_scale": float(base_model(self.accelerator.unwrap_model(model)).model.clamped_logit_scale()),
                           "samples_per_s": samples / max(elapsed, 1e-9),
                           "nonfinite_total": self.state.nonfinite_total}
                 record.update({k: sum(v) / len(v) for k, v in window.items() if v})
@@ -392,8 +427,10 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         final = self.output_dir / "final"
         if self.is_main:
-            model = self.accelerator.unwrap_model(self.model)
-            write_atomically(final, lambda tmp: save_model_dir(tmp, model, self.processor, self.cfg))
+            model = exportable(self.accelerator.unwrap_model(self.model))
+            latest = self.state.history[-1] if self.state.history else None
+            latest = {k.removeprefix("val_"): v for k, v in latest.items()} if latest else None
+            write_atomically(final, lambda tmp: save_model_dir(tmp, model, self.processor, self.cfg, latest))
             (self.output_dir / "trainer_state.json").write_text(json.dumps(asdict(self.state), indent=1))
             plot_loss_curve(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curve.png")
         if self.writer is not None:

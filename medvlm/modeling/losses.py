@@ -10,12 +10,27 @@ IGNORE_INDEX = -100
 def gather_with_local_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate `x` from every process in rank order; gradients flow through this rank's part.
     Without an initialised process group (one process) it returns `x` unchanged."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if world_size() == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     parts[dist.get_rank()] = x
     return torch.cat(parts, dim=0)
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def match_single_process_gradient(loss: torch.Tensor) -> torch.Tensor:
+    """Same value, gradient times the number of processes.
+
+    A loss over features gathered from all processes back-propagates only into this process's
+    slice, and DDP then averages gradients over processes; scaling by the world size makes the
+    update equal to that of one process on the concatenated batch.
+    """
+    n = world_size()
+    return loss if n == 1 else loss * n - loss.detach() * (n - 1)
 
 
 def same_text_matrix(text_keys: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,13 @@ from torch import nn
 
 from .configuration_medvlm import MedVLMConfig
 from .fusion import FusionBlock, decoder_attention_mask
-from .losses import caption_loss, contrastive_loss, gather_with_local_grad, weighted_total
+from .losses import (
+    caption_loss,
+    contrastive_loss,
+    gather_with_local_grad,
+    match_single_process_gradient,
+    weighted_total,
+)
 from .text import TextTower
 from .vision import VisionTower
 
@@ -225,12 +231,12 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
             parts["caption_loss"] = caption_loss(logits, labels, self.config.label_smoothing)
             if out.image_embeds is not None and self.config.contrastive_weight > 0:
                 keys = text_keys if text_keys is not None else input_ids
-                parts["contrastive_loss"] = contrastive_loss(
+                parts["contrastive_loss"] = match_single_process_gradient(contrastive_loss(
                     gather_with_local_grad(out.image_embeds),
                     gather_with_local_grad(out.text_embeds),
                     logit_scale,
                     gather_with_local_grad(keys),
-                )
+                ))
         weights = {"caption_loss": self.config.caption_weight, "contrastive_loss": self.config.contrastive_weight}
         return MedVLMOutput(
             loss=weighted_total(parts, weights) if parts else None,

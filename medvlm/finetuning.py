@@ -1,0 +1,88 @@
+"""Cheap fine-tuning: freeze whole towers, or train LoRA adapters (peft) and merge them for export."""
+
+import copy
+
+from torch import nn
+
+TOWERS = ("vision", "text", "fusion")
+# LoRA targets per tower: attention and MLP projections, by module-name suffix
+LORA_TARGETS = {
+    "vision": ("qkv", "proj", "fc1", "fc2"),  # timm ViT blocks
+    "text": ("c_attn", "c_proj", "c_fc", "query", "key", "value", "dense"),  # GPT-2 and BERT families
+    "fusion": ("qkv", "q", "kv", "proj", "fc"),
+}
+
+
+def tower_modules(model) -> dict[str, list[nn.Module]]:
+    inner = model.model
+    return {
+        "vision": [inner.vision, inner.image_projection],
+        "text": [inner.text, inner.text_projection],
+        "fusion": [inner.fusion, inner.image_to_fusion, inner.ln_final],
+    }
+
+
+def freeze_towers(model, towers: list[str]) -> None:
+    unknown = set(towers) - set(TOWERS)
+    if unknown:
+        raise ValueError(f"train.freeze: unknown tower(s) {sorted(unknown)}; choose from {list(TOWERS)}")
+    modules = tower_modules(model)
+    for tower in towers:
+        for module in modules[tower]:
+            module.requires_grad_(False)
+
+
+def lora_target_regex(towers: list[str]) -> str:
+    prefixes = {"vision": r"model\.vision\.backbone\.blocks", "text": r"model\.text\.model", "fusion": r"model\.fusion"}
+    parts = [f"{prefixes[t]}\\..*\\.({'|'.join(LORA_TARGETS[t])})" for t in towers]
+    return "^(" + "|".join(parts) + ")$"
+
+
+def add_lora(model, settings: dict):
+    """Wrap `model` with LoRA adapters on the named towers; everything else is frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    known = {"r", "alpha", "dropout", "towers"}
+    unknown = set(settings) - known
+    if unknown:
+        raise ValueError(f"train.lora: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    towers = list(settings.get("towers", ["fusion", "text"]))
+    bad = set(towers) - set(TOWERS)
+    if bad:
+        raise ValueError(f"train.lora.towers: unknown tower(s) {sorted(bad)}; choose from {list(TOWERS)}")
+    config = LoraConfig(
+        r=int(settings.get("r", 8)),
+        lora_alpha=int(settings.get("alpha", 16)),
+        lora_dropout=float(settings.get("dropout", 0.0)),
+        target_modules=lora_target_regex(towers),
+    )
+    return get_peft_model(model, config)
+
+
+def base_model(model):
+    """The MedVLM model under a LoRA wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def exportable(model):
+    """A plain MedVLM model for saving: LoRA weights merged into a copy, the training model untouched."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    return copy.deepcopy(model).merge_and_unload()
+
+
+def prepare_for_finetuning(model, freeze: list[str], lora: dict | None):
+    """Apply `train.freeze` and `train.lora` to a freshly built or loaded model."""
+    if freeze:
+        freeze_towers(model, freeze)
+    if lora is not None:
+        model = add_lora(model, lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise ValueError("nothing to train: every parameter is frozen (check train.freeze)")
+    return model
+
+
+def trainable_state(model) -> dict:
+    """Tensors of the trainable parameters (for resuming a LoRA run: the frozen base is rebuilt)."""
+    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
