@@ -73,16 +73,9 @@ def baseline_reports(train_records, test_records, seed: int = 0, nearest_neighbo
 def score_reports(references: list[str], hypotheses: list[str], uncertain: str = "negative",
                   with_meteor: bool = True) -> dict:
     """NLG metrics plus clinical efficacy from our labeler applied to both sides."""
-    metrics = compute_nlg(references, hypotheses) if with_meteor else compute_nlg_fast(references, hypotheses)
+    metrics = compute_nlg(references, hypotheses, include_meteor=with_meteor)
     metrics.update(clinical_efficacy(label_reports(references), label_reports(hypotheses), uncertain=uncertain))
     return metrics
-
-
-def compute_nlg_fast(references, hypotheses) -> dict:
-    """NLG metrics without METEOR (a Java subprocess): for evaluation during training."""
-    from .metrics.nlg import compute_nlg as full
-
-    return full(references, hypotheses, include_meteor=False)
 
 
 def evaluate_model(model, processor, test_records, train_records, cfg: EvalConfig, out_dir: Path | None) -> dict:
@@ -95,7 +88,7 @@ def evaluate_model(model, processor, test_records, train_records, cfg: EvalConfi
     metrics = score_reports(references, generated, cfg.uncertain)
     ref_labels, gen_labels = label_reports(references), label_reports(generated)
     intervals = bootstrap_intervals(references, generated, ref_labels, gen_labels,
-                                    n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+                                    n_resamples=cfg.bootstrap_resamples, seed=cfg.seed, uncertain=cfg.uncertain)
     metrics.update({f"ci.{k}" if not k.startswith("ci.") else k: v for k, v in intervals.items()})
     neighbours = (image_embeddings(model, processor, train_records, cfg.batch_size),
                   image_embeddings(model, processor, test_records, cfg.batch_size))
