@@ -140,8 +140,10 @@ def _load_pil(fp, name: str, max_pixels: int | None, draft_size: int | None) -> 
     except UnidentifiedImageError:
         raise DataError(f"{name}: not a readable image (expected PNG, JPEG or DICOM; the file is "
                         "corrupt or of another format)", path=name, reason="corrupt_image") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise DataError(f"{name}: image is truncated or corrupt ({err})", path=name,
+    except Exception as err:  # noqa: BLE001 - PIL plugins raise many types on broken files;
+        # load_image promises DataError (and only DataError) for bad input.
+        detail = str(err) if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
+        raise DataError(f"{name}: image is truncated or corrupt ({detail})", path=name,
                         reason="corrupt_image") from None
 
 
@@ -160,7 +162,8 @@ def _from_pil(im: Image.Image, *, name: str, max_pixels: int | None, draft_size:
         if im.mode != "CMYK":
             im.draft("L", target)
     im.load()
-    im = ImageOps.exif_transpose(im) if im.format in ("JPEG", "MPO", "TIFF") else im
+    if im.format in ("JPEG", "MPO", "TIFF") and im.getexif().get(0x0112, 1) != 1:
+        im = ImageOps.exif_transpose(im)  # photographed films carry an EXIF orientation
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return np.asarray(im, dtype=np.float32) / 65535.0
@@ -252,6 +255,19 @@ def _load_dicom(fp, name: str, max_pixels: int | None) -> np.ndarray:
         raise DataError(f"{name}: DICOM pixel array has shape {arr.shape}; expected (rows, columns)",
                         path=name, reason="corrupt_image")
 
+    try:
+        out, lo, hi = _apply_luts(arr, ds, apply_modality_lut, apply_voi_lut)
+    except Exception as err:  # noqa: BLE001 - malformed LUT / window elements
+        raise DataError(f"{name}: cannot apply the DICOM modality/VOI LUT ({type(err).__name__}: {err})",
+                        path=name, reason="corrupt_image") from None
+    image = _minmax(np.asarray(out, dtype=np.float64), lo, hi)
+    if photometric == "MONOCHROME1":
+        image = 1.0 - image
+    return image.astype(np.float32, copy=False)
+
+
+def _apply_luts(arr, ds, apply_modality_lut, apply_voi_lut):
+    """Modality LUT, then VOI LUT or window -> (values, low, high) of the output range."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns on VOI LUT over a float (rescaled) array
         arr = apply_modality_lut(arr, ds)
@@ -265,10 +281,7 @@ def _load_dicom(fp, name: str, max_pixels: int | None) -> np.ndarray:
             lo, hi = apply_voi_lut(np.array([-1e15, 1e15]), ds)
         else:
             out, lo, hi = arr, None, None
-    image = _minmax(np.asarray(out, dtype=np.float64), lo, hi)
-    if photometric == "MONOCHROME1":
-        image = 1.0 - image
-    return image.astype(np.float32, copy=False)
+    return out, lo, hi
 
 
 # --------------------------------------------------------------------------- resizing
