@@ -183,7 +183,29 @@ def meteor_score(gts: dict, res: dict) -> float | None:
     return None if result is None else result[0]
 
 
-# ------------------------------------------------------------------ the public entry point
+# ------------------------------------------------------------------ the public entry points
+
+def compute_bleu(references: list[str], hypotheses: list[str]) -> dict:
+    """{"bleu_1".."bleu_4"}: corpus BLEU as in `compute_nlg`."""
+    return dict(zip(("bleu_1", "bleu_2", "bleu_3", "bleu_4"), bleu_scores(*_as_coco(references, hypotheses))))
+
+
+def compute_rouge_l(references: list[str], hypotheses: list[str]) -> dict:
+    """{"rouge_l"}: mean per-report ROUGE-L F (beta 1.2)."""
+    scores = rouge_l_per_item(*_as_coco(references, hypotheses))
+    return {"rouge_l": sum(scores) / len(scores)}
+
+
+def compute_cider(references: list[str], hypotheses: list[str]) -> dict:
+    """{"cider"}: CIDEr-D with document frequencies from these references (None if all empty)."""
+    scores = cider_per_item(*_as_coco(references, hypotheses))
+    return {"cider": None if scores is None else sum(scores) / len(scores)}
+
+
+def compute_meteor(references: list[str], hypotheses: list[str]) -> dict:
+    """{"meteor"}: METEOR 1.5, or None (logged) without Java or on a METEOR failure."""
+    return {"meteor": meteor_score(*_as_coco(references, hypotheses))}
+
 
 def compute_nlg(references: list[str], hypotheses: list[str], include_meteor: bool = True) -> dict:
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr-D of ``hypotheses`` against ``references`` (one
