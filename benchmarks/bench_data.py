@@ -7,8 +7,8 @@ through a torch DataLoader (batch 16, no shuffling) for each worker count:
 
   raw_full      load_image(path) (full-size decode) + ImageTransform(S): what a training loop
                 on the original files does per step
-  raw_draft     the same with load_image(..., draft_size=S): JPEG DCT-scaled decoding, the
-                fastest a per-step decoder can be
+  raw_draft     load_resized(path, S) (JPEG DCT-scaled decoding + resize) + ImageTransform(S):
+                the fastest a per-step decoder gets
   cache         load_cache(...)[i]["image"] (uint8 S x S from memory-mapped Arrow) +
                 ImageTransform(S)
 
@@ -36,7 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medvlm.data.images import ImageTransform, load_image  # noqa: E402
+from medvlm.data.images import ImageTransform, load_image, load_resized  # noqa: E402
 from medvlm.data.prepare import load_cache, prepare_cache  # noqa: E402
 from medvlm.data.records import make_record  # noqa: E402
 
@@ -72,14 +72,16 @@ def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
 
 
 class RawDataset(torch.utils.data.Dataset):
-    def __init__(self, paths, transform, draft: int | None):
+    def __init__(self, paths, transform, draft: bool):
         self.paths, self.transform, self.draft = paths, transform, draft
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return self.transform(load_image(self.paths[i], draft_size=self.draft))
+        if self.draft:
+            return self.transform(load_resized(self.paths[i], self.transform.image_size))
+        return self.transform(load_image(self.paths[i]))
 
 
 class CacheDataset(torch.utils.data.Dataset):
@@ -142,8 +144,8 @@ def main(argv=None) -> dict:
         transform = ImageTransform(args.image_size)
         results = {}
         for workers in worker_counts:
-            raw_full = images_per_second(RawDataset(paths, transform, None), workers, args.batch_size, args.repeats)
-            raw_draft = images_per_second(RawDataset(paths, transform, args.image_size), workers,
+            raw_full = images_per_second(RawDataset(paths, transform, False), workers, args.batch_size, args.repeats)
+            raw_draft = images_per_second(RawDataset(paths, transform, True), workers,
                                           args.batch_size, args.repeats)
             cached = images_per_second(CacheDataset(cache, transform, args.cache_repeat), workers,
                                        args.batch_size, args.repeats)

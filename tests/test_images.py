@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medvlm.data.images import ImageTransform, load_image, resize_keep_aspect
+from medvlm.data.images import ImageTransform, load_image, load_resized, resize_keep_aspect
 from medvlm.data.records import DataError
 
 
@@ -80,6 +80,18 @@ def test_jpeg_draft_decodes_smaller(tmp_path):
     assert load_image(tmp_path / "big.jpg").shape == (800, 1000)
     small = load_image(tmp_path / "big.jpg", draft_size=128)
     assert 128 <= min(small.shape) < 800
+
+
+@pytest.mark.parametrize("mode", ["pad", "crop"])
+def test_load_resized_matches_full_decode_geometry(tmp_path, mode):
+    rng = np.random.default_rng(0)
+    a = (np.add.outer(np.linspace(0, 200, 655), np.linspace(0, 50, 533)) + rng.normal(0, 3, (655, 533)))
+    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(tmp_path / "odd.jpg", quality=95)
+    full = resize_keep_aspect(load_image(tmp_path / "odd.jpg"), 64, mode)
+    fast = load_resized(tmp_path / "odd.jpg", 64, mode)
+    assert fast.shape == full.shape == (64, 64) and fast.dtype == np.uint8
+    assert ((fast == 0) == (full == 0)).mean() > 0.99  # same padding
+    assert np.abs(fast.astype(float) - full).mean() < 2.0
 
 
 def test_rgba_and_palette_become_gray(tmp_path):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medvlm.data.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, load_image, resize_keep_aspect
+from medvlm.data.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, load_resized
 from medvlm.data.records import DataError, SkipLog
 
 logger = logging.getLogger("medvlm.data")
@@ -64,7 +64,7 @@ def _decode(task):
     """Worker: (index, image source, size, mode, max_pixels) -> (index, uint8 (S, S) or DataError)."""
     index, source, size, mode, max_pixels = task
     try:
-        return index, resize_keep_aspect(load_image(source, max_pixels=max_pixels, draft_size=size), size, mode)
+        return index, load_resized(source, size, mode, max_pixels=max_pixels)
     except DataError as err:
         return index, err
 

@@ -24,8 +24,8 @@ Bad input. A loader meets two kinds of problems:
 
 Items a loader leaves out on purpose (a study without the requested report section under
 ``drop_missing_target=True``, a view that was filtered away) are *dropped*, not skipped: they are
-counted separately, never raise, and are logged at INFO level. Every loader returns a `RecordList`, a plain list that also
-carries both tallies as ``.skipped`` and ``.dropped``.
+counted separately, never raise, and are logged at INFO level. Every loader returns a
+`RecordList`, a plain list that also carries both tallies as ``.skipped`` and ``.dropped``.
 """
 
 from __future__ import annotations

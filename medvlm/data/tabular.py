@@ -212,8 +212,8 @@ def _row_record(row, *, index, where, name, part_split, image_column, text_colum
     findings = _text(row, findings_column, clean_text)
     impression = _text(row, impression_column, clean_text)
     text = _text(row, text_column, clean_text) if text_column else (findings or impression)
-    study_id = image_key if study_column is None or _blank(row.get(study_column)) else str(row[study_column]).strip()
-    subject_id = study_id if subject_column is None or _blank(row.get(subject_column)) else str(row[subject_column]).strip()
+    study_id = _text(row, study_column, False) or image_key
+    subject_id = _text(row, subject_column, False) or study_id
     if split_column is not None:
         if _blank(row.get(split_column)):
             raise DataError(f"{where}: column {split_column!r} is empty; expected a split name",
@@ -242,7 +242,7 @@ def _row_record(row, *, index, where, name, part_split, image_column, text_colum
                  "answer_type": answer_type,
                  "qid": str(row[qid_column]) if qid_column is not None else str(index + 1)}
         text = answer
-    view = "" if view_column is None or _blank(row.get(view_column)) else str(row[view_column]).strip().upper()
+    view = _text(row, view_column, False).upper()
     return make_record(image=image, text=text, findings=findings, impression=impression,
                        study_id=study_id, subject_id=subject_id, view=view, split=row_split,
                        labels=label_values, **extra)
