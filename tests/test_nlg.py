@@ -111,6 +111,21 @@ def test_meteor_failure_is_none_not_zero(monkeypatch, caplog):
     assert "jvm exploded" in caplog.text
 
 
+@pytest.mark.parametrize("behaviour", ["exit 3", "exec sleep 30"])
+def test_a_broken_or_hung_java_gives_none(tmp_path, monkeypatch, caplog, behaviour):
+    """A real subprocess that dies at once, or never answers, is reported as None with the reason."""
+    fake_java = tmp_path / "java"
+    fake_java.write_text(f"#!/bin/sh\necho 'no such jar' >&2\n{behaviour}\n")
+    fake_java.chmod(0o755)
+    monkeypatch.setattr(shutil, "which", lambda *args, **kwargs: str(fake_java))
+    monkeypatch.setattr(nlg, "METEOR_TIMEOUT_S", 1.0)
+    with caplog.at_level(logging.WARNING):
+        assert compute_nlg(REFERENCES, HYPOTHESES)["meteor"] is None
+    assert "METEOR failed" in caplog.text
+    assert ("within 1 s" in caplog.text) if "sleep" in behaviour else ("no such jar" in caplog.text
+                                                                        or "Broken pipe" in caplog.text)
+
+
 def test_evaluate_module_path():
     for name in ("bleu", "meteor", "rouge_l", "cider", "nlg", "clinical_efficacy"):
         path = evaluate_module_path(name)

@@ -31,6 +31,7 @@ import queue
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 
 from pycocoevalcap.bleu.bleu import Bleu
@@ -103,7 +104,7 @@ class MeteorProcess:
     (slow: alignment, done once) and aggregation of any multiset of them (fast), which the
     bootstrap uses for exact resampled METEOR."""
 
-    def __init__(self, timeout_s: float = METEOR_TIMEOUT_S):
+    def __init__(self, timeout_s: float | None = None):
         import pycocoevalcap.meteor.meteor as coco_meteor
 
         java = shutil.which("java")
@@ -111,9 +112,10 @@ class MeteorProcess:
             raise RuntimeError("java not found on PATH")
         jar_dir = os.path.dirname(os.path.abspath(coco_meteor.__file__))
         cmd = [java, "-jar", "-Xmx2G", coco_meteor.METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"]
-        self.timeout_s = timeout_s
+        self.timeout_s = METEOR_TIMEOUT_S if timeout_s is None else timeout_s
+        self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: a chatty JVM cannot block on it
         self._proc = subprocess.Popen(cmd, cwd=jar_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL)
+                                      stderr=self._stderr)
         self._lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -132,9 +134,13 @@ class MeteorProcess:
             except queue.Empty:
                 raise TimeoutError(f"METEOR gave no answer within {self.timeout_s:.0f} s") from None
             if answer is None:
-                raise RuntimeError(f"METEOR process exited (code {self._proc.poll()})")
+                raise RuntimeError(f"METEOR process exited (code {self._proc.wait()}): {self._stderr_tail()}")
             answers.append(answer)
         return answers
+
+    def _stderr_tail(self, limit: int = 500) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode("utf-8", "replace").strip()[-limit:] or "(no stderr)"
 
     def statistics(self, reference: str, hypothesis: str) -> str:
         """The alignment statistics line for one item (both sides already tokenised)."""
@@ -154,6 +160,7 @@ class MeteorProcess:
                 pass
             self._proc.kill()
             self._proc.wait()
+        self._stderr.close()
 
     def __enter__(self):
         return self
