@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             for i in np.flatnonzero(pred != gold):
                 kind = "FP" if pred[i] else "FN"
                 mentions = [m for m in extract_mentions(texts[i]) if m[0] == obs]
-                print(f"{kind} {obs} | uid {rows[i]['uid']} | Problems: {rows[i]['Problems']} | {texts[i]} | {mentions}",
-                      file=sys.stderr)
+                print(f"{kind} {obs} | uid {rows[i]['uid']} | Problems: {rows[i]['Problems']} | {texts[i]} "
+                      f"| {mentions}", file=sys.stderr)
 
     normal = np.array([r["Problems"].strip().lower() == "normal" for r in rows])
     no_finding = labels[:, CHEXPERT_OBSERVATIONS.index("No Finding")] == 1
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "reports": len(rows),
         "uncertain_counts_as": args.uncertain,
-        "mapping": {**PROBLEM_TO_OBSERVATION, **{k: f"{v[1]} (when MeSH site is {v[0]})" for k, v in PROBLEM_BY_SITE.items()}},
+        "mapping": {**PROBLEM_TO_OBSERVATION,
+                    **{k: f"{v[1]} (when MeSH site is {v[0]})" for k, v in PROBLEM_BY_SITE.items()}},
         "per_observation": per_observation,
         "micro": {"precision": round(micro_p, 4), "recall": round(micro_r, 4), "f1": round(micro_f1, 4),
                   "tp": int(totals[0]), "fp": int(totals[1]), "fn": int(totals[2])},

@@ -25,7 +25,8 @@ HEADLINE = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider"
             "ce_precision", "ce_recall", "ce_micro_f1", "ce_macro_precision", "ce_macro_recall", "ce_macro_f1")
 LABELS = {"bleu_1": "BLEU-1", "bleu_2": "BLEU-2", "bleu_3": "BLEU-3", "bleu_4": "BLEU-4", "meteor": "METEOR",
           "rouge_l": "ROUGE-L", "cider": "CIDEr-D", "ce_precision": "CE precision (micro)",
-          "ce_recall": "CE recall (micro)", "ce_micro_f1": "CE F1 (micro)", "ce_macro_precision": "CE precision (macro)",
+          "ce_recall": "CE recall (micro)", "ce_micro_f1": "CE F1 (micro)",
+          "ce_macro_precision": "CE precision (macro)",
           "ce_macro_recall": "CE recall (macro)", "ce_macro_f1": "CE F1 (macro)"}
 VERDICT_METRICS = ("bleu_4", "ce_micro_f1")
 

@@ -22,7 +22,6 @@ Fast because every metric is reduced to per-item quantities computed once:
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
@@ -143,7 +142,3 @@ def bootstrap_intervals(references: list[str], hypotheses: list[str], ref_labels
     intervals.update({"ci.seed": int(seed), "ci.n_resamples": int(n_resamples), "ci.alpha": float(alpha)})
     return intervals
 
-
-def is_finite_interval(value) -> bool:
-    return isinstance(value, (list, tuple)) and len(value) == 2 and all(
-        isinstance(v, (int, float)) and math.isfinite(v) for v in value)

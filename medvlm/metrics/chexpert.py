@@ -56,7 +56,6 @@ import csv
 import json
 import os
 import re
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,7 +234,8 @@ EXCLUSIONS = [
     r"(?:compression|vertebral|vertebral body|vertebra|vertebrae) (?:collapse|deformity|deformities)",
     r"collapse of the (?:vertebral body|vertebra|vertebrae)",
     r"(?:soft tissue|subcutaneous|chest wall|extremity) edema",
-    r"(?:ekg|ecg|telemetry|monitoring|cardiac monitoring|external) (?:leads|lead|wires|wire|electrodes|electrode|device|devices)",
+    r"(?:ekg|ecg|telemetry|monitoring|cardiac monitoring|external) "
+    r"(?:leads|lead|wires|wire|electrodes|electrode|device|devices)",
     r"(?:nipple|breast) (?:shadow|shadows)",
     r"pleural (?:line|lines)",  # the visceral pleural line of a pneumothorax description
 ]
@@ -265,7 +265,8 @@ _ADV = r"(?:entirely |completely |totally |definitely |definitively |fully |reli
 CUES: list[tuple[str, str, str, int]] = [
     # 1. pseudo-negations
     (r"no (?:significant |appreciable |substantial |interval |definite |major |gross |acute |marked |further )*"
-     r"(?:change|changes|increase|decrease|worsening|improvement|progression|enlargement|difference)", "pseudo", "pre", 12),
+     r"(?:change|changes|increase|decrease|worsening|improvement|progression|enlargement|difference)",
+     "pseudo", "pre", 12),
     (r"without (?:significant |appreciable |substantial |interval )*(?:change|changes)", "pseudo", "pre", 12),
     (r"(?:has |have |had )?not (?:significantly |substantially |appreciably |been )?(?:changed|change|increased|"
      r"decreased|worsened|improved)", "none", "post", 0),

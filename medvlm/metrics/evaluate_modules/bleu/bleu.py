@@ -1,4 +1,5 @@
-"""medvlm `bleu` metric for Hugging Face `evaluate`: BLEU-1..4 of generated reports (pycocoevalcap corpus BLEU, 'closest' reference length).
+"""medvlm `bleu` metric for Hugging Face `evaluate`: BLEU-1..4 of generated reports
+(pycocoevalcap corpus BLEU, 'closest' reference length).
 
 Load it offline from the installed package, never from the Hub:
 

@@ -1,4 +1,5 @@
-"""medvlm `cider` metric for Hugging Face `evaluate`: CIDEr-D of generated reports, pycocoevalcap (document frequencies from the references given).
+"""medvlm `cider` metric for Hugging Face `evaluate`: CIDEr-D of generated reports
+(pycocoevalcap; document frequencies from the references given).
 
 Load it offline from the installed package, never from the Hub:
 

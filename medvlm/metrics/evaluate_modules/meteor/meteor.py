@@ -1,4 +1,5 @@
-"""medvlm `meteor` metric for Hugging Face `evaluate`: METEOR 1.5 of generated reports (pycocoevalcap's jar; needs Java).
+"""medvlm `meteor` metric for Hugging Face `evaluate`: METEOR 1.5 of generated reports
+(pycocoevalcap's jar; needs Java, else None).
 
 Load it offline from the installed package, never from the Hub:
 

@@ -1,4 +1,5 @@
-"""medvlm `nlg` metric for Hugging Face `evaluate`: All NLG metrics of generated reports: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D.
+"""medvlm `nlg` metric for Hugging Face `evaluate`: all NLG metrics of generated reports
+(BLEU-1..4, METEOR, ROUGE-L, CIDEr-D).
 
 Load it offline from the installed package, never from the Hub:
 
