@@ -375,7 +375,7 @@ class Trainer:
                 samples += len(batch["input_ids"]) * self.accelerator.num_processes
                 for key in LOSS_KEYS:
                     if out[key] is not None:
-                        window[key].append(float(out[key]))
+                        window[key].append(float(out[key].detach()))
             if not step_finite:
                 self.state.nonfinite_in_a_row += 1
                 self.state.nonfinite_total += 1

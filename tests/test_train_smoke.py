@@ -60,3 +60,18 @@ def test_bad_override_is_reported_by_name(capsys):
     from medvlm.cli import main
     assert main(["train", "--config", str(ROOT / "configs/demo.yaml"), "train.max_stepz=2"]) == 2
     assert "train.max_stepz" in capsys.readouterr().err
+
+
+def test_prepare_then_train_from_the_cache(tmp_path):
+    from medvlm.cli import main
+
+    cache = tmp_path / "cache"
+    assert main(["prepare", "--config", str(ROOT / "configs/demo.yaml"), "--out", str(cache), "--workers", "0",
+                 *TINY]) == 0
+    for split in ("train", "validation", "test"):
+        assert (cache / split).is_dir()
+    out = tmp_path / "run"
+    assert load_script("train").main(["--config", str(ROOT / "configs/demo.yaml"), f"train.output_dir={out}",
+                                      f"data.cache_dir={cache}", "train.max_steps=1", "train.eval_every=0",
+                                      "train.save_every=0", *TINY]) == 0
+    assert (out / "final" / "model.safetensors").is_file()
