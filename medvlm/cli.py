@@ -1,4 +1,4 @@
-"""`medvlm` command line: prepare | tokenizer | train | eval | generate | label.
+"""`medvlm` command line: prepare | tokenizer | train | finetune | eval | generate | label.
 
 Every subcommand is `<name>_main(argv) -> int`, so train.py, eval.py and tests call the same code.
 Run options are `section.key=value` overrides of the YAML preset (see medvlm/config.py).
@@ -65,6 +65,20 @@ def train_main(argv: list[str] | None = None) -> int:
     final = trainer.train()
     print(f"[medvlm] saved {final}")
     return 0
+
+
+def finetune_main(argv: list[str] | None = None) -> int:
+    """`train` that insists on a starting point: a medvlm checkpoint or pretrained tower files."""
+    parser = _config_parser("medvlm finetune", "Fine-tune from model.init_from (a medvlm model directory) or from "
+                                               "model.vision/text.pretrained_path; accepts every train option.")
+    parser.add_argument("--init-from", help="shortcut for model.init_from=DIR")
+    args, rest = parser.parse_known_args(argv)
+    overrides = args.overrides + ([f"model.init_from={args.init_from}"] if args.init_from else [])
+    cfg = load_config(args.config, overrides)
+    m = cfg.model
+    if not (m.init_from or m.vision.get("pretrained_path") or m.text.get("pretrained_path")):
+        raise ConfigError("finetune needs model.init_from (or --init-from) or a tower's pretrained_path")
+    return train_main((["--config", args.config] if args.config else []) + rest + overrides)
 
 
 # ---------------------------------------------------------------- eval
@@ -194,6 +208,7 @@ COMMANDS = {
     "prepare": prepare_main,
     "tokenizer": tokenizer_main,
     "train": train_main,
+    "finetune": finetune_main,
     "eval": eval_main,
     "generate": generate_main,
     "label": label_main,

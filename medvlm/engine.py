@@ -188,9 +188,12 @@ class Trainer:
         train_records,
         validation_records=None,
         evaluate_fn: Callable | None = None,
+        collate: Callable | None = None,
     ):
         """evaluate_fn(model, records) -> dict of metrics, run every `train.eval_every` steps on
-        up to `train.eval_samples` validation records (e.g. generation metrics)."""
+        up to `train.eval_samples` validation records (e.g. generation metrics).
+        collate: turns RecordDataset items into the model's keyword arguments (default: report
+        tokens via `Collator`); any model whose output has a `loss` trains here."""
         self.cfg = run_config
         t = run_config.train
         self.output_dir = Path(t.output_dir)
@@ -200,7 +203,7 @@ class Trainer:
                                        run_config.data.on_error)
         self.validation_records = validation_records
         self.evaluate_fn = evaluate_fn
-        self.collate = Collator(processor)
+        self.collate = collate or Collator(processor)
         self.optimizer = torch.optim.AdamW(model.optimizer_groups(t.weight_decay), lr=t.learning_rate,
                                            betas=(0.9, 0.98), eps=1e-6)
         self.scheduler = cosine_with_warmup(self.optimizer, t.warmup_steps, t.max_steps, t.min_lr_ratio)
@@ -323,12 +326,12 @@ class Trainer:
         for batch in loader:
             batch = {k: v.to(self.accelerator.device) for k, v in batch.items() if k != "index"}
             out = model(**batch)
-            n = len(batch["input_ids"])
+            n = len(batch["pixel_values"])
             for key in LOSS_KEYS:
-                if out[key] is not None:
+                if getattr(out, key, None) is not None:
                     totals[key] += float(out[key]) * n
             count += n
-        results = {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
+        results = {f"val_{k}": v / max(count, 1) for k, v in totals.items() if v}
         if self.evaluate_fn is not None:
             results.update(self.evaluate_fn(model, subset))
         model.train(was_training)
@@ -372,9 +375,9 @@ class Trainer:
                         self.accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                samples += len(batch["input_ids"]) * self.accelerator.num_processes
+                samples += len(batch["pixel_values"]) * self.accelerator.num_processes
                 for key in LOSS_KEYS:
-                    if out[key] is not None:
+                    if getattr(out, key, None) is not None:
                         window[key].append(float(out[key].detach()))
             if not step_finite:
                 self.state.nonfinite_in_a_row += 1
@@ -395,10 +398,12 @@ class Trainer:
             if step % t.log_every == 0 or step == t.max_steps:
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, "lr": self.scheduler.get_last_lr()[0],
-                          "logit_scale": float(base_model(self.accelerator.unwrap_model(model)).model.clamped_logit_scale()),
                           "samples_per_s": samples / max(elapsed, 1e-9),
                           "nonfinite_total": self.state.nonfinite_total}
                 record.update({k: sum(v) / len(v) for k, v in window.items() if v})
+                inner = getattr(base_model(self.accelerator.unwrap_model(model)), "model", None)
+                if hasattr(inner, "clamped_logit_scale"):
+                    record["logit_scale"] = float(inner.clamped_logit_scale())
                 progress.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}")
                 self._log(record)
                 window = {k: [] for k in LOSS_KEYS}

@@ -121,9 +121,11 @@ class RecordDataset(Dataset):
             self.skipped += 1
             log.warning("skipping record %d: %s", index, error)
             return None
-        item = {"pixel_values": pixels, "text": record["text"], "index": index}
+        item = {"pixel_values": pixels, "text": record.get("text", ""), "index": index}
         if record.get("question"):
             item["question"] = record["question"]
+        if record.get("labels") is not None:
+            item["labels"] = torch.tensor(record["labels"], dtype=torch.float32)  # (14,), NaN = not mentioned
         return item
 
 
