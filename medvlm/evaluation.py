@@ -85,8 +85,8 @@ def evaluate_model(model, processor, test_records, train_records, cfg: EvalConfi
         test_records = test_records[: cfg.max_samples]
     references = [r["text"] for r in test_records]
     generated = generate_reports(model, processor, test_records, cfg.batch_size, **generation_kwargs(cfg))
-    metrics = score_reports(references, generated, cfg.uncertain)
     ref_labels, gen_labels = label_reports(references), label_reports(generated)
+    metrics = score_reports(references, generated, cfg.uncertain)
     intervals = bootstrap_intervals(references, generated, ref_labels, gen_labels,
                                     n_resamples=cfg.bootstrap_resamples, seed=cfg.seed, uncertain=cfg.uncertain)
     metrics.update({f"ci.{k}" if not k.startswith("ci.") else k: v for k, v in intervals.items()})
@@ -95,6 +95,12 @@ def evaluate_model(model, processor, test_records, train_records, cfg: EvalConfi
     for name, reports in baseline_reports(train_records, test_records, cfg.seed, neighbours).items():
         for key, value in score_reports(references, reports, cfg.uncertain).items():
             metrics[f"baselines.{name}.{key}"] = value
+        baseline_labels = label_reports(reports)
+        for key, value in bootstrap_intervals(references, reports, ref_labels, baseline_labels,
+                                              n_resamples=cfg.bootstrap_resamples, seed=cfg.seed,
+                                              uncertain=cfg.uncertain).items():
+            if not key.startswith("ci."):
+                metrics[f"baselines.{name}.ci.{key}"] = value
     metrics["num_samples"] = len(test_records)
     if out_dir is not None:
         from .results import write_results

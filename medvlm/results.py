@@ -4,7 +4,7 @@ The input is one flat dict, as `medvlm.evaluation` builds it:
 - model metrics under their own names (``bleu_4``, ``cider``, ``ce_micro_f1``,
   ``ce_f1.Cardiomegaly``, ...);
 - confidence intervals as ``ci.<metric> = [low, high]`` (plus ``ci.seed``, ``ci.n_resamples``);
-- baselines as ``baselines.<name>.<metric>``;
+- baselines as ``baselines.<name>.<metric>`` (and their intervals as ``baselines.<name>.ci.<metric>``);
 - anything else (``num_samples``, ...) is kept in the JSON and listed under the tables.
 
 Every file is written to a temporary name in the output directory and renamed into place, so a
@@ -148,7 +148,7 @@ def results_markdown(metrics: dict, title: str = "medvlm results") -> str:
     lines += [header, "|" + " --- |" * (2 + len(names))]
     for metric in headline + extra:
         row = [LABELS.get(metric, metric), _fmt_ci(model.get(metric), intervals.get(metric))]
-        row += [_fmt(baselines[n].get(metric)) for n in names]
+        row += [_fmt_ci(baselines[n].get(metric), baselines[n].get(f"ci.{metric}")) for n in names]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     if names:
