@@ -82,7 +82,8 @@ class MedVLMProcessor:
         settings = {"image_transform": {**self.image_transform.to_dict(), "augment": False, "seed": None},
                     "max_length": self.max_length}
         (out_dir / PROCESSOR_FILE).write_text(json.dumps(settings, indent=2))
-        save_tokenizer(self.tokenizer, out_dir)
+        if self.tokenizer is not None:  # image-only models (CheXNet) have none
+            save_tokenizer(self.tokenizer, out_dir)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "MedVLMProcessor":
@@ -91,7 +92,8 @@ class MedVLMProcessor:
         if not settings_file.is_file():
             raise FileNotFoundError(f"{path}: no {PROCESSOR_FILE}; is this a medvlm model directory?")
         settings = json.loads(settings_file.read_text())
-        return cls(load_tokenizer(path), ImageTransform(**settings["image_transform"]), settings["max_length"])
+        tokenizer = load_tokenizer(path) if (path / "tokenizer_config.json").is_file() else None
+        return cls(tokenizer, ImageTransform(**settings["image_transform"]), settings["max_length"])
 
 
 class RecordDataset(Dataset):

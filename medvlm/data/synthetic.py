@@ -1118,7 +1118,8 @@ def synthetic_vqa_records(num_studies: int, seed: int = 0, image_size: int = 128
     """Questions and answers generated from each study's meta: closed yes/no presence questions
     (balanced), closed side questions (left/right/both), and open ones (size or severity, where,
     which devices, what is in a given lung region). Each record holds the study's keys (no masks)
-    plus question, answer (lower case), answer_type ("closed"/"open") and qid."""
+    with `text` = the answer (the training target, as in every VQA record) and the study's report
+    under `report`, plus question, answer (lower case), answer_type ("closed"/"open") and qid."""
     records = []
     for index in range(start_index, start_index + num_studies):
         study = make_study(index, seed=seed, image_size=image_size)
@@ -1128,6 +1129,7 @@ def synthetic_vqa_records(num_studies: int, seed: int = 0, image_size: int = 128
         questions = _pick_questions(rng, _presence_pairs(study["meta"], rng), _detail_pairs(study["meta"]),
                                     questions_per_study)
         for k, (question, answer, answer_type) in enumerate(questions):
-            records.append({**study, "question": question, "answer": answer.lower(), "answer_type": answer_type,
-                            "qid": f"{study['study_id']}-q{k}"})
+            # text is the training target: the answer, as in every VQA record (medvlm.data.vqa)
+            records.append({**study, "text": answer.lower(), "report": study["text"], "question": question,
+                            "answer": answer.lower(), "answer_type": answer_type, "qid": f"{study['study_id']}-q{k}"})
     return records

@@ -1,0 +1,78 @@
+"""VQA scores: exact-match accuracy of normalised answers (closed, open, overall) and token F1
+of open answers, plus the majority-answer baselines they are read beside.
+
+Normalisation is `medvlm.data.vqa.normalize_answer` (case, punctuation, articles, number words,
+yes/no synonyms), the one the loaders document.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from ..data.vqa import normalize_answer
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style F1 of the normalised answers' word multisets (1.0 when both are empty)."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def vqa_scores(predictions: list[str], answers: list[str], answer_types: list[str], prefix: str = "vqa") -> dict:
+    """`<prefix>_closed_acc`, `_open_acc`, `_overall_acc` (normalised exact match) and
+    `_open_f1` (mean token F1 over open questions), with the question counts. An accuracy over
+    no questions is None."""
+    if not (len(predictions) == len(answers) == len(answer_types)):
+        raise ValueError("predictions, answers and answer_types must have the same length")
+    exact = np.array([normalize_answer(p) == normalize_answer(a) for p, a in zip(predictions, answers)], dtype=float)
+    kinds = np.array([str(t).lower() for t in answer_types])
+    closed, opened = kinds == "closed", kinds == "open"
+
+    def mean(values, where):
+        return float(values[where].mean()) if where.any() else None
+
+    f1 = np.array([token_f1(p, a) if t == "open" else np.nan for p, a, t in zip(predictions, answers, kinds)])
+    return {
+        f"{prefix}_closed_acc": mean(exact, closed),
+        f"{prefix}_open_acc": mean(exact, opened),
+        f"{prefix}_overall_acc": mean(exact, np.ones(len(exact), dtype=bool)),
+        f"{prefix}_open_f1": mean(f1, opened),
+        f"{prefix}_num_closed": int(closed.sum()),
+        f"{prefix}_num_open": int(opened.sum()),
+    }
+
+
+def majority_answers(train_questions: list[str], train_answers: list[str], train_types: list[str],
+                     questions: list[str], types: list[str]) -> dict[str, list[str]]:
+    """Two answer-only baselines (they never look at the image):
+
+    - `majority`: the most frequent training answer of the question's answer type;
+    - `question_majority`: the most frequent training answer to the same question text
+      (normalised), falling back to `majority` for a question never seen in training.
+    """
+    by_type: dict[str, Counter] = {}
+    by_question: dict[str, Counter] = {}
+    for q, a, t in zip(train_questions, train_answers, train_types):
+        by_type.setdefault(str(t).lower(), Counter())[normalize_answer(a)] += 1
+        by_question.setdefault(normalize_answer(q), Counter())[normalize_answer(a)] += 1
+    overall = Counter()
+    for counts in by_type.values():
+        overall.update(counts)
+    fallback = overall.most_common(1)[0][0] if overall else ""
+
+    def typed(t):
+        counts = by_type.get(str(t).lower())
+        return counts.most_common(1)[0][0] if counts else fallback
+
+    majority = [typed(t) for t in types]
+    question_majority = [by_question[normalize_answer(q)].most_common(1)[0][0]
+                         if normalize_answer(q) in by_question else typed(t) for q, t in zip(questions, types)]
+    return {"majority": majority, "question_majority": question_majority}
