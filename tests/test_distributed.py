@@ -1,5 +1,5 @@
 """Two CPU processes (gloo): gathered contrastive loss equals the one-process loss on the
-concatenated batch, and its gradients match after DDP's averaging; a 2-process training run completes."""
+concatenated batch, and its gradients match once DDP averages them; a 2-process training run completes."""
 
 import os
 import shutil
@@ -33,9 +33,10 @@ def _worker(rank, port, results):
         gather_with_local_grad(local_image), gather_with_local_grad(local_text), torch.tensor(10.0),
         gather_with_local_grad(keys[part])))
     loss.backward()
-    grads = torch.cat([local_image.grad, local_text.grad], dim=1)
-    dist.all_reduce(grads)  # what DDP does to gradients: sum, then divide by the world size
-    results[rank] = (float(loss), (grads / 2).tolist())
+    # DDP averages parameter gradients over the 2 processes; those are linear in these feature
+    # gradients, so after averaging each slice must carry the one-process gradient
+    grads = torch.cat([local_image.grad, local_text.grad], dim=1) / 2
+    results[rank] = (float(loss), grads.tolist())
     dist.destroy_process_group()
 
 

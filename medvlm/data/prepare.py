@@ -324,7 +324,9 @@ class CachedRecords:
     def __len__(self) -> int:
         return self._length
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index):
+        if isinstance(index, slice):  # e.g. the first N records for evaluation
+            return [self[i] for i in range(*index.indices(len(self)))]
         index = int(index)
         if index < 0:
             index += self._length
