@@ -1,4 +1,4 @@
-"""`medvlm` command line: prepare | tokenizer | train | finetune | eval | generate | label.
+"""`medvlm` command line: prepare | tokenizer | train | finetune | eval | generate | vqa | retrieve | explain | label.
 
 Every subcommand is `<name>_main(argv) -> int`, so train.py, eval.py and tests call the same code.
 Run options are `section.key=value` overrides of the YAML preset (see medvlm/config.py).
@@ -42,9 +42,8 @@ def train_main(argv: list[str] | None = None) -> int:
 
     from .engine import Trainer, resolve_resume
     from .processing import MedVLMProcessor
-    from .evaluation import training_evaluator
     from .finetuning import prepare_for_finetuning
-    from .runs import build_model, build_processor, records_for
+    from .runs import build_model, build_processor, records_for, training_hooks
 
     import accelerate
 
@@ -58,10 +57,11 @@ def train_main(argv: list[str] | None = None) -> int:
         processor = MedVLMProcessor.from_pretrained(resume_from)  # the tokenizer the run started with
     else:
         processor = build_processor(cfg, train_records)
-    model = prepare_for_finetuning(build_model(cfg, processor), cfg.train.freeze, cfg.train.lora)
+    model = prepare_for_finetuning(build_model(cfg, processor, train_records), cfg.train.freeze, cfg.train.lora)
     print(f"[medvlm] model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    evaluate_fn, collate = training_hooks(cfg, processor, validation_records)  # per architecture / task
     trainer = Trainer(cfg, model, processor, train_records, validation_records,
-                      evaluate_fn=training_evaluator(processor, cfg.eval))
+                      evaluate_fn=evaluate_fn, collate=collate)
     final = trainer.train()
     print(f"[medvlm] saved {final}")
     return 0
@@ -93,9 +93,9 @@ def eval_main(argv: list[str] | None = None) -> int:
                         help="override eval.* or data.* of the run's config")
     args = parser.parse_args(argv)
 
-    from .evaluation import evaluate_model
     from .model_card import write_model_card
     from .runs import load_trained, records_for
+    from .tasks.evaluate import evaluate_checkpoint
 
     model, processor, run_cfg = load_trained(args.checkpoint)
     base = run_cfg.to_dict() if run_cfg else {}
@@ -103,9 +103,10 @@ def eval_main(argv: list[str] | None = None) -> int:
     test_records = records_for(cfg, cfg.eval.split)
     train_records = records_for(cfg, "train")
     out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
-    metrics = evaluate_model(model, processor, test_records, train_records, cfg.eval, out)
+    # report model: generation + retrieval + zero-shot (+ localisation); VQA data: answer accuracy;
+    # CheXNet: AUROC (+ Grad-CAM localisation) -- see medvlm.tasks.evaluate
+    metrics, shown = evaluate_checkpoint(model, processor, cfg, test_records, train_records, out)
     write_model_card(Path(args.checkpoint), cfg, metrics, split=cfg.eval.split)
-    shown = ["bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "ce_micro_f1", "ce_macro_f1"]
     print(json.dumps({k: metrics.get(k) for k in shown}, indent=1))
     print(f"[medvlm] wrote {out}/metrics.json and {out}/results.md")
     return 0
@@ -163,6 +164,99 @@ def generate_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- vqa / retrieve / explain
+
+def vqa_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medvlm vqa", description="Answer questions about an image with a "
+                                                                     "(VQA-fine-tuned) medvlm model; prints JSONL.")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--image", required=True, help="PNG, JPEG or DICOM")
+    parser.add_argument("--question", required=True, action="append", help="repeat for several questions")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    args = parser.parse_args(argv)
+
+    from .runs import load_trained
+    from .tasks.vqa import answer_questions
+
+    model, processor, _ = load_trained(args.checkpoint)
+    answers = answer_questions(model, processor, [args.image] * len(args.question), args.question,
+                               max_new_tokens=args.max_new_tokens)
+    for question, answer in zip(args.question, answers):
+        print(json.dumps({"image": args.image, "question": question, "answer": answer}))
+    return 0
+
+
+def retrieve_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="medvlm retrieve", epilog="Recall@K on a test split is part of `medvlm eval` (i2t_r1 ... t2i_r10).",
+        description="Image -> report: the closest distinct reports of a gallery for each image. With --text: "
+                    "report -> image, the given images ranked by similarity to the text. Prints JSONL.")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--image", required=True, nargs="+")
+    parser.add_argument("--text", help="rank the images by similarity to this report text")
+    parser.add_argument("--gallery", help="a text file with one report per line (default: the reports of "
+                                          "--gallery-split of the data the model was trained on)")
+    parser.add_argument("--gallery-split", default="train")
+    parser.add_argument("--top-k", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    from .evaluation import image_embeddings
+    from .runs import load_trained, records_for
+    from .tasks.retrieval import rank_reports, text_embeddings
+
+    model, processor, run_cfg = load_trained(args.checkpoint)
+    images = image_embeddings(model, processor, [{"image": path} for path in args.image])
+    if args.text:
+        scores = images @ text_embeddings(model, processor, [args.text])[0]
+        for rank, i in enumerate(np.argsort(-scores, kind="stable")[: args.top_k], start=1):
+            print(json.dumps({"rank": rank, "image": args.image[i], "score": round(float(scores[i]), 4)}))
+        return 0
+    if args.gallery:
+        gallery = [line.strip() for line in Path(args.gallery).read_text().splitlines() if line.strip()]
+    elif run_cfg is not None:
+        gallery = [r["text"] for r in records_for(run_cfg, args.gallery_split) if r.get("text")]
+    else:
+        raise ValueError("no --gallery given and the checkpoint has no run_config.yaml to find its data")
+    ranked = rank_reports(images, gallery, text_embeddings(model, processor, gallery), args.top_k)
+    for path, hits in zip(args.image, ranked):
+        print(json.dumps({"image": path, "reports": [{"text": t, "score": round(s, 4)} for t, s in hits]}))
+    return 0
+
+
+def explain_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="medvlm explain",
+        description="Write explanation overlays (PNG) for images: cross-attention per generated word or Grad-CAM "
+                    "of the image-text similarity (medvlm models), Grad-CAM per label (CheXNet).")
+    parser.add_argument("images", nargs="+")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--out", default="explain", help="output folder (default: ./explain)")
+    parser.add_argument("--method", choices=("attention", "gradcam"), default="attention",
+                        help="medvlm models; CheXNet always uses Grad-CAM")
+    parser.add_argument("--question", help="explain the answer to this question instead of a report")
+    parser.add_argument("--target", help="Grad-CAM target: a text (medvlm; default the generated report) or "
+                                         "comma-separated labels (CheXNet; default the most probable)")
+    parser.add_argument("--layers", type=int, nargs="+", help="fusion layers to average (default all)")
+    parser.add_argument("--heads", type=int, nargs="+", help="attention heads to average (default all)")
+    parser.add_argument("--layer", help="Grad-CAM layer name (default the vision backbone's last stage)")
+    parser.add_argument("--words", nargs="+", help="only these words' panels (attention)")
+    parser.add_argument("--max-words", type=int, default=24)
+    args = parser.parse_args(argv)
+
+    from .explain.image import explain_image
+    from .runs import load_trained
+
+    model, processor, _ = load_trained(args.checkpoint)
+    for image in args.images:
+        summary = explain_image(model, processor, image, args.out, args.method, args.question, args.target,
+                                args.layers, args.heads, args.layer, args.words, args.max_words)
+        print(json.dumps({"image": image, "files": summary["files"], "text": summary.get("text"),
+                          "targets": summary.get("targets")}))
+    return 0
+
+
 # ---------------------------------------------------------------- tokenizer / prepare / label
 
 def tokenizer_main(argv: list[str] | None = None) -> int:
@@ -211,6 +305,9 @@ COMMANDS = {
     "finetune": finetune_main,
     "eval": eval_main,
     "generate": generate_main,
+    "vqa": vqa_main,
+    "retrieve": retrieve_main,
+    "explain": explain_main,
     "label": label_main,
 }
 

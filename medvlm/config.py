@@ -21,6 +21,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
+    architecture: str = "medvlm"  # medvlm (vision-language) | chexnet (image classifier; uses vision, dropout)
     vision: dict = field(default_factory=lambda: {
         "model_name": "vit_tiny_patch16_224", "in_chans": 1, "timm_kwargs": {}, "pretrained_path": None})
     text: dict = field(default_factory=lambda: {"model_type": "gpt2", "n_embd": 256, "n_layer": 2, "n_head": 4})
@@ -38,7 +39,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # synthetic | mimic_cxr | iu_xray | vqa_rad | slake | csv | jsonl | hf
+    dataset: str = "synthetic"  # synthetic | mimic_cxr | iu_xray | vqa_rad | slake | chestxray14 | csv | jsonl | hf
     root: str | None = None
     options: dict = field(default_factory=dict)  # passed to the dataset's loader
     image_size: int = 128

@@ -9,12 +9,19 @@ from pathlib import Path
 from .config import RunConfig
 from .data.images import ImageTransform
 from .data.sources import load_split
-from .modeling import MedVLMConfig, MedVLMForConditionalGeneration
+from .modeling import CheXNetConfig, CheXNetForImageClassification, MedVLMConfig, MedVLMForConditionalGeneration
 from .modeling.text import text_spec_from_checkpoint
 from .processing import MedVLMProcessor
 from .tokenization import load_tokenizer, train_report_tokenizer
 
 log = logging.getLogger(__name__)
+ARCHITECTURES = ("medvlm", "chexnet")
+
+
+def architecture_of(cfg: RunConfig) -> str:
+    if cfg.model.architecture not in ARCHITECTURES:
+        raise ValueError(f"model.architecture: unknown '{cfg.model.architecture}'; expected one of {ARCHITECTURES}")
+    return cfg.model.architecture
 
 
 def records_for(cfg: RunConfig, split: str) -> list[dict]:
@@ -32,6 +39,9 @@ def build_processor(cfg: RunConfig, train_records: list[dict]) -> MedVLMProcesso
     d = cfg.data
     if cfg.model.init_from:
         return MedVLMProcessor.from_pretrained(cfg.model.init_from)
+    if architecture_of(cfg) == "chexnet":  # image-only: the processor is just the image transform
+        transform = ImageTransform(d.image_size, resize_mode=d.resize_mode, in_chans=cfg.model.vision.get("in_chans", 1))
+        return MedVLMProcessor(None, transform, max_length=d.max_length)
     if d.tokenizer:
         tokenizer = load_tokenizer(d.tokenizer)
     else:
@@ -68,7 +78,29 @@ def model_config(cfg: RunConfig, tokenizer) -> MedVLMConfig:
     )
 
 
-def build_model(cfg: RunConfig, processor: MedVLMProcessor) -> MedVLMForConditionalGeneration:
+def chexnet_config(cfg: RunConfig, train_records: list[dict] | None) -> CheXNetConfig:
+    """Labels in the dataset's order; class weights from the training records' positive shares."""
+    from .tasks.classification import label_names_for, positive_fraction
+
+    names = label_names_for(cfg.data.dataset)
+    labelled = [r for r in train_records or [] if r.get("labels") is not None]
+    return CheXNetConfig(
+        vision={**cfg.model.vision, "img_size": cfg.data.image_size},
+        label_names=names,
+        positive_fraction=positive_fraction(labelled, len(names), cfg.eval.uncertain) if labelled else None,
+        dropout=cfg.model.dropout,
+    )
+
+
+def build_model(cfg: RunConfig, processor: MedVLMProcessor, train_records: list[dict] | None = None):
+    """A MedVLMForConditionalGeneration, or with model.architecture=chexnet a
+    CheXNetForImageClassification (its class weights need `train_records`)."""
+    if architecture_of(cfg) == "chexnet":
+        if cfg.model.init_from:
+            return CheXNetForImageClassification.from_pretrained(cfg.model.init_from)
+        model = CheXNetForImageClassification(chexnet_config(cfg, train_records))
+        model.load_pretrained_backbone()
+        return model
     if cfg.model.init_from:
         model = MedVLMForConditionalGeneration.from_pretrained(cfg.model.init_from)
         # loss weights are training choices, not part of the pretrained model
@@ -81,14 +113,42 @@ def build_model(cfg: RunConfig, processor: MedVLMProcessor) -> MedVLMForConditio
 
 
 def load_trained(path: str | Path) -> tuple[MedVLMForConditionalGeneration, MedVLMProcessor, RunConfig | None]:
-    """A saved model directory: model, processor, and the run config it was trained with (if any)."""
+    """A saved model directory: model (MedVLM or CheXNet, by the config's model_type), processor,
+    and the run config it was trained with (if any)."""
+    import json
+
     from .config import load_config
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a medvlm model directory (no config.json)")
-    model = MedVLMForConditionalGeneration.from_pretrained(str(path))
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    model_class = CheXNetForImageClassification if model_type == "chexnet" else MedVLMForConditionalGeneration
+    model = model_class.from_pretrained(str(path))
     model.eval()
     processor = MedVLMProcessor.from_pretrained(path)
     run_cfg = load_config(path / "run_config.yaml") if (path / "run_config.yaml").is_file() else None
     return model, processor, run_cfg
+
+
+def training_hooks(cfg: RunConfig, processor: MedVLMProcessor, validation_records: list[dict] | None):
+    """(evaluate_fn, collate) for the Trainer: CheXNet batches labels and reports AUROC; VQA data
+    reports answer accuracy; report data (the default, collate None) generation metrics."""
+    if architecture_of(cfg) == "chexnet":
+        from .tasks.classification import LabelCollator, classifier_training_evaluator
+
+        collate = LabelCollator(len(label_names_of(cfg)), cfg.eval.uncertain)
+        return classifier_training_evaluator(processor, cfg.eval.batch_size, cfg.eval.uncertain), collate
+    if validation_records and validation_records[0].get("question"):
+        from .tasks.vqa import vqa_training_evaluator
+
+        return vqa_training_evaluator(processor, cfg.eval.batch_size), None
+    from .evaluation import training_evaluator
+
+    return training_evaluator(processor, cfg.eval), None
+
+
+def label_names_of(cfg: RunConfig) -> list[str]:
+    from .tasks.classification import label_names_for
+
+    return label_names_for(cfg.data.dataset)

@@ -40,11 +40,14 @@ def _loader(name: str):
     if name == "slake":
         from .vqa import load_slake
         return load_slake
+    if name == "chestxray14":
+        from .chestxray14 import load_chestxray14
+        return load_chestxray14
     if name in ("csv", "jsonl", "hf"):
         from .tabular import load_tabular
         return load_tabular
     raise ValueError(f"data.dataset: unknown dataset '{name}'; expected one of "
-                     "synthetic, mimic_cxr, iu_xray, vqa_rad, slake, csv, jsonl, hf")
+                     "synthetic, mimic_cxr, iu_xray, vqa_rad, slake, chestxray14, csv, jsonl, hf")
 
 
 def load_split(dataset: str, split: str, root: str | None = None, image_size: int = 128,

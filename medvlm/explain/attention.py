@@ -1,0 +1,116 @@
+"""Cross-attention maps of the fusion decoder: for each text position, where in the image its
+cross-attention looks, and the same per generated word.
+
+Convention: position t of the decoder predicts token t+1, so the map *of token i* is the
+attention row of position i-1 (the query that produced it). Words are groups of tokenizer
+pieces (sentencepiece "▁", GPT-2 "Ġ" and WordPiece "##" conventions); a word's map is the
+mean of its tokens' maps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _as_indices(chosen, count: int, what: str) -> list[int]:
+    if chosen is None:
+        return list(range(count))
+    out = []
+    for i in chosen:
+        if not -count <= int(i) < count:
+            raise ValueError(f"{what} {list(chosen)}: {i} is out of range, the model has {count}")
+        out.append(int(i) % count)
+    return out
+
+
+@torch.no_grad()
+def cross_attention_maps(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                         attention_mask: torch.Tensor | None = None, layers=None, heads=None) -> torch.Tensor:
+    """(B, T, h, w): softmax attention of every text position over the image patches, averaged
+    over the chosen fusion `layers` and `heads` (indices; default all, negative counts from the end).
+
+    One teacher-forced forward pass of a MedVLMForConditionalGeneration; hooks on each fusion
+    block's cross-attention recompute its weights (`CrossAttention.attention_weights`), so the
+    training/generation path (SDPA) stays as it is.
+    """
+    blocks = model.model.fusion
+    layer_ids = _as_indices(layers, len(blocks), "layers")
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [
+        blocks[i].cross_attn.register_forward_hook(
+            lambda module, args, output, i=i: captured.__setitem__(i, module.attention_weights(*args)))
+        for i in layer_ids
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    weights = torch.stack([captured[i] for i in layer_ids], dim=1)  # (B, layers, heads, T, N)
+    head_ids = _as_indices(heads, weights.shape[2], "heads")
+    maps = weights[:, :, head_ids].mean(dim=(1, 2))  # (B, T, N)
+    side = math.isqrt(maps.shape[-1])
+    if side * side != maps.shape[-1]:
+        raise ValueError(f"{maps.shape[-1]} image tokens do not form a square grid")
+    return maps.reshape(*maps.shape[:2], side, side)  # (B, T, h, w)
+
+
+def _starts_word(piece: str, wordpiece: bool) -> bool:
+    return not piece.startswith("##") if wordpiece else piece.startswith(("▁", "Ġ"))
+
+
+def _clean(piece: str) -> str:
+    return piece.removeprefix("##").lstrip("▁Ġ")
+
+
+def word_maps(tokenizer, token_ids, maps: torch.Tensor, start: int = 1) -> list[tuple[str, torch.Tensor]]:
+    """[(word, (h, w) map)] for the words of `token_ids[start:]` (special tokens skipped).
+
+    token_ids: (T,) one sequence; maps: (T, h, w) or (T - 1, h, w) from `cross_attention_maps`
+    (the last row is never used); start: the first
+    position to explain (1 after BOS for a report; the prompt length for a VQA answer), >= 1.
+    """
+    token_ids = [int(t) for t in token_ids]
+    pieces = tokenizer.convert_ids_to_tokens(token_ids)
+    special = set(tokenizer.all_special_ids)
+    wordpiece = type(getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)).__name__ == "WordPiece"
+    words: list[tuple[str, list[int]]] = []
+    for position in range(max(start, 1), len(token_ids)):
+        if token_ids[position] in special:
+            continue
+        piece = pieces[position]
+        if not words or _starts_word(piece, wordpiece):
+            words.append((_clean(piece), [position]))
+        else:
+            words[-1] = (words[-1][0] + _clean(piece), words[-1][1] + [position])
+    # the map of token i is the attention of the position that predicted it, i - 1
+    return [(word, maps[[p - 1 for p in positions]].mean(dim=0)) for word, positions in words if word]
+
+
+@torch.no_grad()
+def explain_generation(model, processor, image, question: str | None = None, layers=None, heads=None,
+                       max_new_tokens: int = 96) -> dict:
+    """Generate a report (or, with `question`, a VQA answer) for one image and return
+    {"text", "words": [(word, (h, w) map)], "pixels": (C, S, S) model input}."""
+    device = next(model.parameters()).device
+    pixels = processor.images([image]).to(device)  # (1, C, S, S)
+    positions = getattr(model.model.text.model.config, "max_position_embeddings", None) or 10**9
+    if question:
+        prompt = {k: v.to(device) for k, v in processor.prompts([question]).items()}
+        start = prompt["input_ids"].shape[1]
+        sequences = model.generate(pixel_values=pixels, **prompt, do_sample=False,
+                                   max_new_tokens=max(1, min(max_new_tokens, positions - start)))
+    else:
+        start = 1
+        sequences = model.generate(pixel_values=pixels, do_sample=False,
+                                   max_new_tokens=max(1, min(max_new_tokens, positions - start)))
+    # the last token's own row predicts nothing, so the pass stops one short (and within the positions)
+    inputs = sequences[:, :-1]
+    maps = cross_attention_maps(model, pixels, inputs, torch.ones_like(inputs), layers, heads)[0]
+    return {"text": processor.decode(sequences, skip_prompt=start)[0],
+            "words": word_maps(processor.tokenizer, sequences[0], maps, start), "pixels": pixels[0].cpu()}

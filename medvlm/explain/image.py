@@ -1,0 +1,112 @@
+"""Explain one image end to end and write the overlays (what `medvlm explain` runs).
+
+- MedVLM, method "attention": generate a report (or, with a question, an answer) and write one
+  panel per generated word with its cross-attention map (`<stem>_attention.png`).
+- MedVLM, method "gradcam": Grad-CAM of the similarity between the image and a text (`target`,
+  default the generated report) (`<stem>_gradcam.png`).
+- CheXNet (Grad-CAM only): one panel per target label (default the most probable label)
+  (`<stem>_gradcam_<label>.png`).
+A `<stem>_explain.json` lists the text, words or label probabilities and the files written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from .attention import explain_generation
+from .overlay import display_image, save_overlay, save_word_overlays
+from .targets import classifier_cams, is_classifier, similarity_cams
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:40] or "target"
+
+
+def _stem(image) -> str:
+    return Path(image).stem if isinstance(image, (str, Path)) else "image"
+
+
+def explain_image(model, processor, image, out_dir, method: str = "attention", question: str | None = None,
+                  target: str | None = None, layers=None, heads=None, layer: str | None = None,
+                  words: list[str] | None = None, max_words: int = 24) -> dict:
+    """Write the overlays for one image (see the module docstring); returns the JSON summary."""
+    out_dir = Path(out_dir)
+    stem = _stem(image)
+    mean, std = processor.image_transform.mean, processor.image_transform.std
+    if is_classifier(model):
+        summary = _classifier(model, processor, image, out_dir, stem, target, layer, mean, std)
+    elif method == "attention":
+        result = explain_generation(model, processor, image, question, layers, heads)
+        chosen = result["words"]
+        if words:
+            wanted = {w.lower() for w in words}
+            chosen = [(w, m) for w, m in chosen if re.sub(r"[^\w-]", "", w.lower()) in wanted]
+        chosen = chosen[:max_words]
+        title = (f"Q: {question}  A: {result['text']}" if question else result["text"])
+        path = save_word_overlays(display_image(result["pixels"], mean, std), [(w, m.numpy()) for w, m in chosen],
+                                  out_dir / f"{stem}_attention.png", title=_wrap(title))
+        summary = {"text": result["text"], "words": [w for w, _ in chosen], "files": [str(path)],
+                   "layers": layers, "heads": heads}
+    elif method == "gradcam":
+        summary = _similarity(model, processor, image, out_dir, stem, question, target, layer, mean, std)
+    else:
+        raise ValueError(f"method must be 'attention' or 'gradcam', got {method!r}")
+    summary["image"] = str(image)
+    (out_dir / f"{stem}_explain.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _wrap(text: str, width: int = 110) -> str:
+    lines, line = [], ""
+    for word in text.split():
+        if len(line) + len(word) + 1 > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "\n".join(lines + [line])
+
+
+def _classifier(model, processor, image, out_dir, stem, target, layer, mean, std) -> dict:
+    names = list(model.config.label_names)
+    device = next(model.parameters()).device
+    pixels = processor.images([image]).to(device)
+    with torch.no_grad():
+        model.eval()
+        probabilities = torch.sigmoid(model(pixel_values=pixels).logits[0]).cpu()
+    if target:
+        labels = [t.strip() for t in target.split(",")]
+        unknown = [t for t in labels if t not in names]
+        if unknown:
+            raise ValueError(f"--target {unknown} not among the model's labels {names}")
+    else:
+        labels = [names[int(probabilities.argmax())]]
+    columns = torch.tensor([names.index(t) for t in labels])
+    cams = classifier_cams(model, pixels.expand(len(labels), -1, -1, -1), columns, layer)
+    files = []
+    for label, cam in zip(labels, cams):
+        p = float(probabilities[names.index(label)])
+        files.append(str(save_overlay(display_image(pixels[0].cpu(), mean, std), cam.cpu().numpy(),
+                                      out_dir / f"{stem}_gradcam_{_slug(label)}.png",
+                                      title=f"Grad-CAM: {label} (p={p:.2f})")))
+    return {"probabilities": {n: round(float(p), 4) for n, p in zip(names, probabilities)}, "targets": labels,
+            "files": files}
+
+
+def _similarity(model, processor, image, out_dir, stem, question, target, layer, mean, std) -> dict:
+    device = next(model.parameters()).device
+    pixels = processor.images([image]).to(device)
+    text = target
+    if not text:
+        text = explain_generation(model, processor, image, question)["text"]
+    batch = processor.texts([text])
+    with torch.no_grad():
+        text_embeds = model.model.get_text_features(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    cam = similarity_cams(model, pixels, text_embeds, layer)[0]
+    path = save_overlay(display_image(pixels[0].cpu(), mean, std), cam.cpu().numpy(), out_dir / f"{stem}_gradcam.png",
+                        title=_wrap(f"Grad-CAM of similarity to: {text}", 50))
+    return {"text": text, "files": [str(path)]}
