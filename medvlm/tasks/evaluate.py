@@ -23,10 +23,11 @@ SHOWN = {
 }
 
 
-def task_of(model, test_records) -> str:
+def task_of(model, test_records, train_records=()) -> str:
     if getattr(model.config, "model_type", None) == "chexnet":
         return "chexnet"
-    return "vqa" if test_records and test_records[0].get("question") else "report"
+    sample = list(test_records[:1]) + list(train_records[:1])
+    return "vqa" if any(r.get("question") for r in sample) else "report"
 
 
 def _explain_studies(cfg: RunConfig, processor) -> list[dict]:
@@ -42,7 +43,7 @@ def evaluate_checkpoint(model, processor, cfg: RunConfig, test_records, train_re
     """Run the evaluations that apply; write metrics.json / results.md to `out_dir`.
     Returns (metrics, the headline keys to print)."""
     e = cfg.eval
-    task = task_of(model, test_records)
+    task = task_of(model, test_records, train_records)
     if e.max_samples:
         test_records = test_records[: e.max_samples]
     if task == "chexnet":

@@ -1,0 +1,112 @@
+"""VQA: scores (normalised exact match, token F1, majority baselines), answer-only loss,
+fine-tuning and evaluation on synthetic questions, `medvlm vqa`, and the VQA-RAD sample."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from medvlm.cli import main
+from medvlm.metrics.vqa import majority_answers, token_f1, vqa_scores
+from test_finetune import pretrained  # noqa: F401  (module fixture: a tiny trained model directory)
+from test_train_smoke import ROOT, TINY, load_script
+
+VQA_RAD_SAMPLE = ROOT.parent / "shared" / "data" / "vqa_rad_sample"
+TINY_VQA = [t for t in TINY if not t.startswith("data.options")] + [
+    "data.options={num_train: 12, num_validation: 4, num_test: 6, seed: 3, vqa: true, questions_per_study: 2}",
+    "model.contrastive_weight=0.0", "model.caption_weight=1.0"]
+
+
+def test_vqa_scores_normalise_answers():
+    scores = vqa_scores(["Yes.", "two", "left lung", "small"], ["yes", "2", "left upper lung", "Moderate"],
+                        ["closed", "open", "open", "open"])
+    assert scores["vqa_closed_acc"] == 1.0
+    assert scores["vqa_open_acc"] == pytest.approx(1 / 3)  # "two" == "2"; the others differ
+    assert scores["vqa_overall_acc"] == 0.5
+    assert scores["vqa_open_f1"] == pytest.approx((1.0 + token_f1("left lung", "left upper lung") + 0.0) / 3)
+    assert token_f1("left lung", "left upper lung") == pytest.approx(0.8)
+    assert vqa_scores(["a"], ["a"], ["open"])["vqa_closed_acc"] is None  # no closed questions
+
+
+def test_majority_baselines():
+    train_q = ["is there x?", "is there x?", "is there x?", "where?", "is there y?"]
+    train_a = ["no", "no", "yes", "left", "yes"]
+    types = ["closed", "closed", "closed", "open", "closed"]
+    guesses = majority_answers(train_q, train_a, types, ["Is there x?", "is there z?", "where?"],
+                               ["closed", "closed", "open"])
+    assert guesses["majority"] == ["no", "no", "left"]  # most frequent answer per answer type
+    assert guesses["question_majority"] == ["no", "no", "left"]  # unseen question falls back to its type
+
+
+def test_synthetic_vqa_records_train_on_the_answer():
+    from medvlm.data.synthetic import synthetic_vqa_records
+
+    records = synthetic_vqa_records(6, seed=1, image_size=32)
+    assert all(r["text"] == r["answer"] and r["report"].startswith("FINDINGS:") for r in records)
+    assert {r["answer_type"] for r in records} <= {"closed", "open"}
+
+
+def test_prompt_tokens_carry_no_loss(pretrained):  # noqa: F811
+    from medvlm.modeling.losses import IGNORE_INDEX
+    from medvlm.processing import MedVLMProcessor
+
+    processor = MedVLMProcessor.from_pretrained(pretrained)
+    batch = processor.texts(["yes", "left"], prompts=["is there a pleural effusion?", "which side?"])
+    tokenizer = processor.tokenizer
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        sep = ids.tolist().index(tokenizer.sep_token_id)
+        assert (labels[: sep + 1] == IGNORE_INDEX).all()
+        kept = labels[labels != IGNORE_INDEX]
+        assert tokenizer.decode(kept, skip_special_tokens=True).strip() in ("yes", "left")
+
+
+def test_finetune_eval_and_answer_on_synthetic_questions(pretrained, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "vqa"
+    assert load_script("train").main(["--config", str(ROOT / "configs/vqa_demo.yaml"), f"train.output_dir={out}",
+                                      f"model.init_from={pretrained}", "train.max_steps=2", "train.eval_every=2",
+                                      "train.save_every=0", *TINY_VQA]) == 0
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_vqa_overall_acc" in r for r in log)  # the training evaluator answers questions
+    final = out / "final"
+    assert main(["eval", "--checkpoint", str(final)]) == 0
+    metrics = json.loads((final / "eval" / "metrics.json").read_text())
+    for key in ("vqa_closed_acc", "vqa_open_acc", "vqa_overall_acc", "vqa_open_f1",
+                "baselines.majority.vqa_closed_acc", "baselines.question_majority.vqa_overall_acc"):
+        assert key in metrics, key
+    rows = [json.loads(line) for line in (final / "eval" / "answers.jsonl").read_text().splitlines()]
+    assert len(rows) == metrics["num_samples"] and {"question", "answer", "predicted"} <= set(rows[0])
+
+    from medvlm.data.synthetic import make_study
+    from PIL import Image
+
+    image = tmp_path / "x.png"
+    Image.fromarray(make_study(0, image_size=32)["image"]).save(image)
+    capsys.readouterr()
+    assert main(["vqa", "--checkpoint", str(final), "--image", str(image), "--question", "Is there a pneumothorax?",
+                 "--question", "Which side is the pleural effusion on?"]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["question"] for a in answers] == ["Is there a pneumothorax?", "Which side is the pleural effusion on?"]
+    assert all(isinstance(a["answer"], str) for a in answers)
+
+
+@pytest.mark.skipif(not VQA_RAD_SAMPLE.is_dir(), reason="../shared/data/vqa_rad_sample is absent")
+def test_vqa_rad_sample_loads_and_fine_tunes_one_epoch(pretrained, tmp_path):  # noqa: F811
+    from medvlm.data.vqa import load_vqa_rad
+
+    records = load_vqa_rad(VQA_RAD_SAMPLE, validation_fraction=0.2)
+    train = [r for r in records if r["split"] == "train"]
+    assert len(records) == 225 and train and any(r["split"] == "validation" for r in records)
+    assert {r["answer_type"] for r in records} == {"closed", "open"}
+    assert all(Path(r["image"]).is_file() and r["text"] == r["answer"] for r in records)
+    batch_size = 32
+    out = tmp_path / "vqa_rad"
+    overrides = [t for t in TINY if not t.startswith(("data.options", "train.batch_size", "train.eval"))]
+    assert main(["train", "--config", str(ROOT / "configs/vqa_rad.yaml"), f"data.root={VQA_RAD_SAMPLE}",
+                 "data.options={validation_fraction: 0.2}", f"model.init_from={pretrained}",
+                 f"train.output_dir={out}", f"train.batch_size={batch_size}",
+                 f"train.max_steps={math.ceil(len(train) / batch_size)}",  # one epoch
+                 "train.eval_every=0", "train.save_every=0", *overrides]) == 0
+    assert (out / "final" / "model.safetensors").is_file()
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in log if "loss" in r)
