@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from medvlm.cli import main
-from medvlm.explain.attention import cross_attention_maps, word_maps
+from medvlm.explain.attention import cross_attention_maps, cross_attention_relevance, word_maps
 from medvlm.explain.gradcam import grad_cam, normalize_maps
 from medvlm.metrics.localization import dilate, localization_scores, pointing_hit, top_area_iou
 from medvlm.modeling import MedVLMForConditionalGeneration
@@ -139,6 +139,19 @@ def test_cross_attention_maps_are_the_attention_the_model_uses():
     assert one.shape == maps.shape and not torch.allclose(one, maps)
     with pytest.raises(ValueError, match="out of range"):
         cross_attention_maps(model, pixels, ids, layers=[5])
+
+
+def test_gradient_weighted_attention_follows_the_gradient():
+    torch.manual_seed(0)
+    model = MedVLMForConditionalGeneration(tiny_config()).eval()
+    pixels, ids = torch.randn(1, 1, 32, 32), torch.randint(3, 60, (1, 6))
+    relevance = cross_attention_relevance(model, pixels, ids, [[2], [3, 4]], heads=[0, 1])
+    assert relevance.shape == (2, 2, 2) and float(relevance.min()) >= 0 and float(relevance.sum()) > 0
+    with torch.no_grad():  # the explicit-attention hooks are gone: SDPA path unchanged
+        assert torch.isfinite(model(input_ids=ids, pixel_values=pixels).logits).all()
+    for block in model.model.fusion:  # the image can no longer change any prediction ...
+        torch.nn.init.zeros_(block.cross_attn.proj.weight)
+    assert float(cross_attention_relevance(model, pixels, ids, [[2]]).abs().max()) == 0.0  # ... so nothing is relevant
 
 
 def test_word_maps_group_pieces_and_use_the_predicting_position(pretrained):  # noqa: F811

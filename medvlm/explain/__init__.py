@@ -9,8 +9,9 @@
 Scoring maps against finding masks (pointing game, IoU) is in `medvlm.metrics.localization`.
 """
 
-from .attention import cross_attention_maps, word_maps
+from .attention import cross_attention_maps, cross_attention_relevance, word_maps, word_positions
 from .gradcam import grad_cam
 from .overlay import save_overlay, save_word_overlays
 
-__all__ = ["cross_attention_maps", "word_maps", "grad_cam", "save_overlay", "save_word_overlays"]
+__all__ = ["cross_attention_maps", "cross_attention_relevance", "word_maps", "word_positions", "grad_cam",
+           "save_overlay", "save_word_overlays"]

@@ -54,10 +54,62 @@ def cross_attention_maps(model, pixel_values: torch.Tensor, input_ids: torch.Ten
     weights = torch.stack([captured[i] for i in layer_ids], dim=1)  # (B, layers, heads, T, N)
     head_ids = _as_indices(heads, weights.shape[2], "heads")
     maps = weights[:, :, head_ids].mean(dim=(1, 2))  # (B, T, N)
+    return _grid(maps)  # (B, T, h, w)
+
+
+def _grid(maps: torch.Tensor) -> torch.Tensor:
+    """(..., N) -> (..., h, w) on a square grid of image tokens."""
     side = math.isqrt(maps.shape[-1])
     if side * side != maps.shape[-1]:
         raise ValueError(f"{maps.shape[-1]} image tokens do not form a square grid")
-    return maps.reshape(*maps.shape[:2], side, side)  # (B, T, h, w)
+    return maps.reshape(*maps.shape[:-1], side, side)
+
+
+def cross_attention_relevance(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                              targets: list[list[int]], layers=None, heads=None) -> torch.Tensor:
+    """(G, h, w) gradient-weighted cross-attention (Chefer et al., 2021) of one sequence: for each
+    group of target token positions, (dL/dA * A)^+ at the rows that predicted them, where L is the
+    group's summed log-probability and A the cross-attention weights, averaged over the chosen
+    layers, heads and rows.
+
+    Raw attention also goes to "sink" patches that carry no evidence (they act as a no-op); the
+    gradient keeps only attention that changes the prediction. pixel_values: (1, C, S, S);
+    input_ids: (1, T); targets: positions p >= 1 of tokens to explain (row p - 1 predicted them).
+    """
+    blocks = model.model.fusion
+    layer_ids = _as_indices(layers, len(blocks), "layers")
+    kept: dict[int, torch.Tensor] = {}
+
+    def explicit_attention(i):
+        def hook(module, args, output):  # the same output as SDPA, through weights we can differentiate
+            x, image_kv = args
+            weights = module.attention_weights(x, image_kv)  # (B, heads, T, N)
+            kept[i] = weights
+            B, T, D = x.shape
+            return module.proj((weights @ image_kv[1]).transpose(1, 2).reshape(B, T, D))
+        return hook
+
+    hooks = [blocks[i].cross_attn.register_forward_hook(explicit_attention(i)) for i in layer_ids]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            logprobs = model(input_ids=input_ids, pixel_values=pixel_values).logits.float().log_softmax(-1)
+            weights = [kept[i] for i in layer_ids]
+            head_ids = _as_indices(heads, weights[0].shape[1], "heads")
+            maps = []
+            for group in targets:
+                rows = [p - 1 for p in group]
+                score = logprobs[0, rows, input_ids[0, group]].sum()
+                grads = torch.autograd.grad(score, weights, retain_graph=True)
+                relevance = torch.stack([(g * w).clamp(min=0)[0][head_ids][:, rows]
+                                         for g, w in zip(grads, weights)])  # (layers, heads, rows, N)
+                maps.append(relevance.mean(dim=(0, 1, 2)).detach())
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return _grid(torch.stack(maps)) if maps else torch.zeros(0)
 
 
 def _starts_word(piece: str, wordpiece: bool) -> bool:
@@ -68,13 +120,8 @@ def _clean(piece: str) -> str:
     return piece.removeprefix("##").lstrip("▁Ġ")
 
 
-def word_maps(tokenizer, token_ids, maps: torch.Tensor, start: int = 1) -> list[tuple[str, torch.Tensor]]:
-    """[(word, (h, w) map)] for the words of `token_ids[start:]` (special tokens skipped).
-
-    token_ids: (T,) one sequence; maps: (T, h, w) or (T - 1, h, w) from `cross_attention_maps`
-    (the last row is never used); start: the first
-    position to explain (1 after BOS for a report; the prompt length for a VQA answer), >= 1.
-    """
+def word_positions(tokenizer, token_ids, start: int = 1) -> list[tuple[str, list[int]]]:
+    """[(word, token positions)] for the words of `token_ids[start:]`, special tokens skipped."""
     token_ids = [int(t) for t in token_ids]
     pieces = tokenizer.convert_ids_to_tokens(token_ids)
     special = set(tokenizer.all_special_ids)
@@ -88,8 +135,19 @@ def word_maps(tokenizer, token_ids, maps: torch.Tensor, start: int = 1) -> list[
             words.append((_clean(piece), [position]))
         else:
             words[-1] = (words[-1][0] + _clean(piece), words[-1][1] + [position])
+    return [(word, positions) for word, positions in words if word]
+
+
+def word_maps(tokenizer, token_ids, maps: torch.Tensor, start: int = 1) -> list[tuple[str, torch.Tensor]]:
+    """[(word, (h, w) map)] for the words of `token_ids[start:]` (special tokens skipped).
+
+    token_ids: (T,) one sequence; maps: (T, h, w) or (T - 1, h, w) from `cross_attention_maps`
+    (the last row is never used); start: the first position to explain (1 after BOS for a
+    report; the prompt length for a VQA answer), >= 1.
+    """
     # the map of token i is the attention of the position that predicted it, i - 1
-    return [(word, maps[[p - 1 for p in positions]].mean(dim=0)) for word, positions in words if word]
+    return [(word, maps[[p - 1 for p in positions]].mean(dim=0))
+            for word, positions in word_positions(tokenizer, token_ids, start)]
 
 
 @torch.no_grad()

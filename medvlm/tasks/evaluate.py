@@ -19,7 +19,8 @@ SHOWN = {
     "vqa": ["vqa_closed_acc", "vqa_open_acc", "vqa_overall_acc", "vqa_open_f1",
             "baselines.majority.vqa_overall_acc", "baselines.question_majority.vqa_overall_acc"],
     "report": ["bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "ce_micro_f1", "ce_macro_f1", "i2t_r5", "t2i_r5",
-               "zs_auroc_mean", "explain_pointing_game", "explain_gradcam_pointing_game"],
+               "zs_auroc_mean", "explain_pointing_game", "explain_attngrad_pointing_game",
+               "explain_gradcam_pointing_game"],
 }
 
 
@@ -72,6 +73,8 @@ def evaluate_checkpoint(model, processor, cfg: RunConfig, test_records, train_re
         studies = _explain_studies(cfg, processor)
         if studies:
             metrics.update(attention_localization(model, processor, studies))
+            metrics.update(attention_localization(model, processor, studies, weighting="gradient",
+                                                  prefix="explain_attngrad"))
             metrics.update(vlm_gradcam_localization(model, processor, studies))
         title = "medvlm report generation"
     if out_dir is not None:

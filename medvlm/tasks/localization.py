@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..explain.attention import cross_attention_maps, word_maps
+from ..explain.attention import cross_attention_maps, cross_attention_relevance, word_positions
 from ..explain.overlay import upsample
 from ..explain.targets import classifier_cams, similarity_cams
 from ..metrics.localization import localization_scores
@@ -96,24 +96,36 @@ def _scores(maps, masks, kinds, tolerance: int, prefix: str) -> dict:
     return out
 
 
-def attention_localization(model, processor, studies, layers=None, heads=None, prefix: str = "explain") -> dict:
-    """Cross-attention maps of the words naming each finding in the teacher-forced reference report."""
+def attention_localization(model, processor, studies, layers=None, heads=None, weighting: str = "raw",
+                           prefix: str = "explain") -> dict:
+    """Cross-attention maps of the words naming each finding in the teacher-forced reference report:
+    raw attention averaged over layers and heads (`weighting="raw"`), or gradient-weighted
+    (`"gradient"`, see `cross_attention_relevance`)."""
+    if weighting not in ("raw", "gradient"):
+        raise ValueError(f"weighting must be 'raw' or 'gradient', got {weighting!r}")
     device = next(model.parameters()).device
     maps, masks, kinds = [], [], []
     for study in studies:
-        targets = finding_targets(study)
         pixels = processor.images([study["image"]]).to(device)
-        text = study.get("report", study["text"])
-        batch = processor.texts([text])
+        batch = processor.texts([study.get("report", study["text"])])
         ids = batch["input_ids"].to(device)
-        attention = cross_attention_maps(model, pixels, ids, batch["attention_mask"].to(device), layers, heads)[0]
-        words = word_maps(processor.tokenizer, ids[0].cpu(), attention.cpu(), start=1)
-        for kind, mask in targets:
-            chosen = [m for w, m in words if _word(w) in KINDS[kind].keywords]
-            if chosen:
-                maps.append(upsample(torch.stack(chosen).mean(dim=0).numpy(), mask.shape))
-                masks.append(mask)
-                kinds.append(kind)
+        words = word_positions(processor.tokenizer, ids[0].cpu(), start=1)
+        targets = []
+        for kind, mask in finding_targets(study):
+            positions = [p for w, ps in words if _word(w) in KINDS[kind].keywords for p in ps]
+            if positions:
+                targets.append((kind, mask, positions))
+        if not targets:
+            continue
+        if weighting == "raw":
+            attention = cross_attention_maps(model, pixels, ids, batch["attention_mask"].to(device), layers, heads)[0]
+            found = [attention[[p - 1 for p in positions]].mean(dim=0) for _, _, positions in targets]
+        else:
+            found = cross_attention_relevance(model, pixels, ids, [t[2] for t in targets], layers, heads)
+        for (kind, mask, _), heat in zip(targets, found):
+            maps.append(upsample(heat.cpu().numpy(), mask.shape))
+            masks.append(mask)
+            kinds.append(kind)
     return _scores(maps, masks, kinds, tolerance_pixels(processor.image_size), prefix)
 
 
