@@ -40,7 +40,8 @@ def build_processor(cfg: RunConfig, train_records: list[dict]) -> MedVLMProcesso
     if cfg.model.init_from:
         return MedVLMProcessor.from_pretrained(cfg.model.init_from)
     if architecture_of(cfg) == "chexnet":  # image-only: the processor is just the image transform
-        transform = ImageTransform(d.image_size, resize_mode=d.resize_mode, in_chans=cfg.model.vision.get("in_chans", 1))
+        in_chans = cfg.model.vision.get("in_chans", 1)
+        transform = ImageTransform(d.image_size, resize_mode=d.resize_mode, in_chans=in_chans)
         return MedVLMProcessor(None, transform, max_length=d.max_length)
     if d.tokenizer:
         tokenizer = load_tokenizer(d.tokenizer)

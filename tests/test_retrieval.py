@@ -68,9 +68,11 @@ def test_identical_reports_count_as_hits():
     text[2] = text[0]  # identical reports embed identically
     image[2] = np.array([1.0, 0, 0, 0])  # image 2 sits on the shared normal report
     out = retrieval_metrics(image, text, texts, ks=(1,))
-    assert out["i2t_r1"] == 1.0 and out["t2i_r1"] == 1.0
+    assert out["i2t_r1"] == 1.0 and out["t2i_r1"] == 1.0  # 4 image queries, 3 distinct report queries
     assert out["retrieval_distinct_reports"] == 3
     assert out["baselines.random.i2t_r1"] == pytest.approx(1 / 3)  # one relevant of 3 distinct reports
+    # per distinct report: the normal one has 2 relevant images of 4, the others 1 of 4
+    assert out["baselines.random.t2i_r1"] == pytest.approx((2 / 4 + 1 / 4 + 1 / 4) / 3)
 
 
 def test_zero_shot_and_retrieval_on_a_tiny_model(pretrained):  # noqa: F811

@@ -30,7 +30,8 @@ def classifier_cams(model, pixels: torch.Tensor, label_indices: torch.Tensor, la
     """(B, S, S) Grad-CAM of logit[b, label_indices[b]] for pixels (B, C, S, S)."""
     rows = torch.arange(len(pixels), device=pixels.device)
     label_indices = label_indices.to(pixels.device)
-    return grad_cam(model, layer or default_layer(model), lambda: model(pixel_values=pixels).logits[rows, label_indices],
+    return grad_cam(model, layer or default_layer(model),
+                    lambda: model(pixel_values=pixels).logits[rows, label_indices],
                     size=tuple(pixels.shape[-2:]), num_prefix_tokens=vision_tower(model).num_prefix_tokens)
 
 

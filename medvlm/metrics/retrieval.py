@@ -6,8 +6,11 @@ Chest X-ray reports repeat word for word (most normal studies share a handful of
 own report equals the query. Without that rule a model is punished for ranking an identical
 copy first.
 
-Image -> report searches the *distinct* report texts (a gallery with duplicates would fill the
-top K with copies of one report); report -> image searches all images, one query per record.
+Both directions work on *distinct* report texts: image -> report searches the distinct reports
+(a gallery with duplicates would fill the top K with copies of one report), and report -> image
+asks one query per distinct report, whose relevant images are all images with that report. (With
+one query per record instead, a normal report shared by a third of the studies would be asked
+a hundred times over and its chance level would dominate the mean.)
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def retrieval_metrics(image_embeds, text_embeds, texts, ks=KS) -> dict:
 
     image_embeds: (N, E) and text_embeds: (N, E) L2-normalised, row i of both from record i;
     texts: the N report texts (equal texts are interchangeable, see the module docstring).
+    i2t averages over the N images, t2i over the D distinct reports.
     """
     image_embeds = np.asarray(image_embeds, dtype=np.float64)
     text_embeds = np.asarray(text_embeds, dtype=np.float64)
@@ -67,15 +71,14 @@ def retrieval_metrics(image_embeds, text_embeds, texts, ks=KS) -> dict:
     first_row = np.unique(key_ids, return_index=True)[1]  # (D,) first record with each text
     gallery = text_embeds[first_row]  # (D, E) one row per distinct text
 
-    i2t_relevant = key_ids[:, None] == np.arange(len(distinct))[None, :]  # (N, D)
-    t2i_relevant = key_ids[:, None] == key_ids[None, :]  # (N, N): query report i, image j
+    i2t_relevant = key_ids[:, None] == np.arange(len(distinct))[None, :]  # (N, D): image i, report d
     out = {}
     for name, similarity, relevant in (("i2t", image_embeds @ gallery.T, i2t_relevant),
-                                       ("t2i", text_embeds @ image_embeds.T, t2i_relevant)):
+                                       ("t2i", gallery @ image_embeds.T, i2t_relevant.T)):
         for k, value in recall_at_k(similarity, relevant, ks).items():
             out[f"{name}_r{k}"] = value
         for k, value in random_recall_at_k(relevant, ks).items():
             out[f"baselines.random.{name}_r{k}"] = value
-    out["retrieval_num_queries"] = len(keys)
+    out["retrieval_num_images"] = len(keys)
     out["retrieval_distinct_reports"] = len(distinct)
     return out
