@@ -240,7 +240,11 @@ def explain_main(argv: list[str] | None = None) -> int:
                                          "comma-separated labels (CheXNet; default the most probable)")
     parser.add_argument("--layers", type=int, nargs="+", help="fusion layers to average (default all)")
     parser.add_argument("--heads", type=int, nargs="+", help="attention heads to average (default all)")
-    parser.add_argument("--layer", help="Grad-CAM layer name (default the vision backbone's last stage)")
+    parser.add_argument("--negative", help="Grad-CAM (medvlm): subtract the similarity to this text, e.g. "
+                                           "'No pleural effusion.' (the zero-shot score)")
+    parser.add_argument("--layer", help="Grad-CAM layer name (default the vision backbone's last stage of "
+                                        "stride <= 16)")
+    parser.add_argument("--hires", action="store_true", help="HiResCAM: weight each position by its own gradient")
     parser.add_argument("--words", nargs="+", help="only these words' panels (attention)")
     parser.add_argument("--max-words", type=int, default=24)
     args = parser.parse_args(argv)
@@ -251,7 +255,8 @@ def explain_main(argv: list[str] | None = None) -> int:
     model, processor, _ = load_trained(args.checkpoint)
     for image in args.images:
         summary = explain_image(model, processor, image, args.out, args.method, args.question, args.target,
-                                args.layers, args.heads, args.layer, args.words, args.max_words)
+                                args.layers, args.heads, args.layer, args.words, args.max_words, args.negative,
+                                args.hires)
         print(json.dumps({"image": image, "files": summary["files"], "text": summary.get("text"),
                           "targets": summary.get("targets")}))
     return 0

@@ -53,7 +53,10 @@ def test_model_gradients_save_load_and_auto_class(tmp_path):
         assert loaded.config.label_names == config.label_names and loaded.config.positive_fraction == [0.3] * 14
         model.eval(), loaded.eval()
         assert torch.allclose(model(pixels).logits, loaded(pixels).logits, atol=1e-6)
-    assert model.gradcam_layer == "vision.backbone.features.norm5"
+    from medvlm.explain.targets import default_layer
+
+    assert default_layer(model) == "vision.backbone.features.denseblock3"  # the stride-16 stage
+    assert default_layer(model, max_stride=None) == "vision.backbone.features.norm5"
 
 
 def test_label_collator_and_class_weights():

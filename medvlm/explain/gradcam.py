@@ -38,7 +38,7 @@ def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
 
 
 def grad_cam(model: nn.Module, layer: str, forward: Callable[[], torch.Tensor], size: tuple[int, int] | None = None,
-             num_prefix_tokens: int = 0) -> torch.Tensor:
+             num_prefix_tokens: int = 0, elementwise: bool = False) -> torch.Tensor:
     """Grad-CAM maps (B, H, W) in [0, 1] of the scores that `forward()` returns, shape (B,).
 
     layer: a submodule name as `model.get_submodule` takes it (e.g. "vision.backbone.features.norm5").
@@ -70,8 +70,11 @@ def grad_cam(model: nn.Module, layer: str, forward: Callable[[], torch.Tensor], 
         model.train(was_training)
     activations = _spatial(activations.detach(), num_prefix_tokens)  # (B, C, h, w)
     gradients = _spatial(gradients, num_prefix_tokens)  # (B, C, h, w)
-    weights = gradients.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1) alpha_c
-    maps = F.relu((weights * activations).sum(dim=1))  # (B, h, w)
+    if elementwise:  # HiResCAM (Draelos & Carin, 2020): each position weighted by its own gradient
+        maps = F.relu((gradients * activations).sum(dim=1))  # (B, h, w)
+    else:
+        weights = gradients.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1) alpha_c
+        maps = F.relu((weights * activations).sum(dim=1))  # (B, h, w)
     if size is not None:
         maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     return normalize_maps(maps.float())

@@ -3,7 +3,8 @@
 - MedVLM, method "attention": generate a report (or, with a question, an answer) and write one
   panel per generated word with its cross-attention map (`<stem>_attention.png`).
 - MedVLM, method "gradcam": Grad-CAM of the similarity between the image and a text (`target`,
-  default the generated report) (`<stem>_gradcam.png`).
+  default the generated report), minus the similarity to a `negative` text when one is given
+  (the zero-shot score) (`<stem>_gradcam.png`).
 - CheXNet (Grad-CAM only): one panel per target label (default the most probable label)
   (`<stem>_gradcam_<label>.png`).
 A `<stem>_explain.json` lists the text, words or label probabilities and the files written.
@@ -19,7 +20,7 @@ import torch
 
 from .attention import explain_generation
 from .overlay import display_image, save_overlay, save_word_overlays
-from .targets import classifier_cams, is_classifier, similarity_cams
+from .targets import classifier_cams, default_layer, is_classifier, similarity_cams
 
 
 def _slug(text: str) -> str:
@@ -32,13 +33,14 @@ def _stem(image) -> str:
 
 def explain_image(model, processor, image, out_dir, method: str = "attention", question: str | None = None,
                   target: str | None = None, layers=None, heads=None, layer: str | None = None,
-                  words: list[str] | None = None, max_words: int = 24) -> dict:
+                  words: list[str] | None = None, max_words: int = 24, negative: str | None = None,
+                  elementwise: bool = False) -> dict:
     """Write the overlays for one image (see the module docstring); returns the JSON summary."""
     out_dir = Path(out_dir)
     stem = _stem(image)
     mean, std = processor.image_transform.mean, processor.image_transform.std
     if is_classifier(model):
-        summary = _classifier(model, processor, image, out_dir, stem, target, layer, mean, std)
+        summary = _classifier(model, processor, image, out_dir, stem, target, layer, elementwise, mean, std)
     elif method == "attention":
         result = explain_generation(model, processor, image, question, layers, heads)
         chosen = result["words"]
@@ -52,7 +54,8 @@ def explain_image(model, processor, image, out_dir, method: str = "attention", q
         summary = {"text": result["text"], "words": [w for w, _ in chosen], "files": [str(path)],
                    "layers": layers, "heads": heads}
     elif method == "gradcam":
-        summary = _similarity(model, processor, image, out_dir, stem, question, target, layer, mean, std)
+        summary = _similarity(model, processor, image, out_dir, stem, question, target, negative, layer, elementwise,
+                              mean, std)
     else:
         raise ValueError(f"method must be 'attention' or 'gradcam', got {method!r}")
     summary["image"] = str(image)
@@ -71,7 +74,7 @@ def _wrap(text: str, width: int = 110) -> str:
     return "\n".join(lines + [line])
 
 
-def _classifier(model, processor, image, out_dir, stem, target, layer, mean, std) -> dict:
+def _classifier(model, processor, image, out_dir, stem, target, layer, elementwise, mean, std) -> dict:
     names = list(model.config.label_names)
     device = next(model.parameters()).device
     pixels = processor.images([image]).to(device)
@@ -86,7 +89,7 @@ def _classifier(model, processor, image, out_dir, stem, target, layer, mean, std
     else:
         labels = [names[int(probabilities.argmax())]]
     columns = torch.tensor([names.index(t) for t in labels])
-    cams = classifier_cams(model, pixels.expand(len(labels), -1, -1, -1), columns, layer)
+    cams = classifier_cams(model, pixels.expand(len(labels), -1, -1, -1), columns, layer, elementwise)
     files = []
     for label, cam in zip(labels, cams):
         p = float(probabilities[names.index(label)])
@@ -94,19 +97,21 @@ def _classifier(model, processor, image, out_dir, stem, target, layer, mean, std
                                       out_dir / f"{stem}_gradcam_{_slug(label)}.png",
                                       title=f"Grad-CAM: {label} (p={p:.2f})")))
     return {"probabilities": {n: round(float(p), 4) for n, p in zip(names, probabilities)}, "targets": labels,
-            "files": files}
+            "layer": layer or default_layer(model), "files": files}
 
 
-def _similarity(model, processor, image, out_dir, stem, question, target, layer, mean, std) -> dict:
+def _similarity(model, processor, image, out_dir, stem, question, target, negative, layer, elementwise,
+                mean, std) -> dict:
     device = next(model.parameters()).device
     pixels = processor.images([image]).to(device)
-    text = target
-    if not text:
-        text = explain_generation(model, processor, image, question)["text"]
-    batch = processor.texts([text])
+    text = target or explain_generation(model, processor, image, question)["text"]
+    texts = [text] + ([negative] if negative else [])
+    batch = processor.texts(texts)
     with torch.no_grad():
-        text_embeds = model.model.get_text_features(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-    cam = similarity_cams(model, pixels, text_embeds, layer)[0]
+        embeds = model.model.get_text_features(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    direction = embeds[:1] - embeds[1:2] if negative else embeds[:1]  # (1, E) score = image . direction
+    cam = similarity_cams(model, pixels, direction, layer, elementwise)[0]
+    label = f"similarity to: {text}" + (f" minus: {negative}" if negative else "")
     path = save_overlay(display_image(pixels[0].cpu(), mean, std), cam.cpu().numpy(), out_dir / f"{stem}_gradcam.png",
-                        title=_wrap(f"Grad-CAM of similarity to: {text}", 50))
-    return {"text": text, "files": [str(path)]}
+                        title=_wrap(f"Grad-CAM of {label}", 50))
+    return {"text": text, "negative": negative, "layer": layer or default_layer(model), "files": [str(path)]}

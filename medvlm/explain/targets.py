@@ -1,8 +1,13 @@
 """What Grad-CAM explains, per model: the default layer and the score of each image.
 
-- CheXNet: the logit of one label per image; layer = the backbone's last feature stage.
-- MedVLM: the image-text similarity cos(image embedding, text embedding) for a given text
-  embedding per image; layer = the vision tower's last feature stage.
+- CheXNet: the logit of one label per image.
+- MedVLM: the image-text similarity cos(image, text) for a text embedding per image; given the
+  difference of a positive and a negative prompt embedding, the score is the zero-shot
+  classification score cos(image, positive) - cos(image, negative).
+
+Default layer: the last backbone stage whose stride is at most `MAX_STRIDE` (16). The
+stride-32 stage of a CNN is 4 x 4 at 128 px, too coarse to put a peak on a nodule or a tube, and
+right before global pooling its Grad-CAM weights every position alike; `layer=` picks any other.
 """
 
 from __future__ import annotations
@@ -20,24 +25,36 @@ def vision_tower(model):
     return model.vision if is_classifier(model) else model.model.vision
 
 
-def default_layer(model) -> str:
-    """The last feature stage of the vision backbone, as a `get_submodule` name."""
+MAX_STRIDE = 16
+
+
+def default_layer(model, max_stride: int | None = MAX_STRIDE) -> str:
+    """The last vision-backbone stage with stride <= max_stride (None: the last stage), as a
+    `get_submodule` name."""
     prefix = "vision.backbone." if is_classifier(model) else "model.vision.backbone."
-    return prefix + vision_tower(model).backbone.feature_info[-1]["module"]
+    stages = vision_tower(model).backbone.feature_info
+    fine = [s for s in stages if max_stride is None or s["reduction"] <= max_stride]
+    return prefix + (fine or stages)[-1]["module"]
 
 
-def classifier_cams(model, pixels: torch.Tensor, label_indices: torch.Tensor, layer: str | None = None) -> torch.Tensor:
-    """(B, S, S) Grad-CAM of logit[b, label_indices[b]] for pixels (B, C, S, S)."""
+def classifier_cams(model, pixels: torch.Tensor, label_indices: torch.Tensor, layer: str | None = None,
+                    elementwise: bool = False) -> torch.Tensor:
+    """(B, S, S) Grad-CAM of logit[b, label_indices[b]] for pixels (B, C, S, S); `elementwise`:
+    HiResCAM (see `grad_cam`)."""
     rows = torch.arange(len(pixels), device=pixels.device)
     label_indices = label_indices.to(pixels.device)
     return grad_cam(model, layer or default_layer(model),
                     lambda: model(pixel_values=pixels).logits[rows, label_indices],
-                    size=tuple(pixels.shape[-2:]), num_prefix_tokens=vision_tower(model).num_prefix_tokens)
+                    size=tuple(pixels.shape[-2:]), num_prefix_tokens=vision_tower(model).num_prefix_tokens,
+                    elementwise=elementwise)
 
 
-def similarity_cams(model, pixels: torch.Tensor, text_embeds: torch.Tensor, layer: str | None = None) -> torch.Tensor:
-    """(B, S, S) Grad-CAM of cos(image b, text_embeds[b]) for pixels (B, C, S, S), text_embeds (B, E)."""
+def similarity_cams(model, pixels: torch.Tensor, text_embeds: torch.Tensor, layer: str | None = None,
+                    elementwise: bool = False) -> torch.Tensor:
+    """(B, S, S) Grad-CAM of image_embed[b] . text_embeds[b] for pixels (B, C, S, S), text_embeds
+    (B, E): a normalised text embedding (similarity) or positive - negative (zero-shot score)."""
     text_embeds = text_embeds.to(pixels.device)
     return grad_cam(model, layer or default_layer(model),
                     lambda: (model.model.get_image_features(pixels) * text_embeds).sum(-1),
-                    size=tuple(pixels.shape[-2:]), num_prefix_tokens=vision_tower(model).num_prefix_tokens)
+                    size=tuple(pixels.shape[-2:]), num_prefix_tokens=vision_tower(model).num_prefix_tokens,
+                    elementwise=elementwise)

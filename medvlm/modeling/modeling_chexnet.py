@@ -82,8 +82,7 @@ class CheXNetPreTrainedModel(PreTrainedModel):
 
 
 class CheXNetForImageClassification(CheXNetPreTrainedModel):
-    """pixels (B, C, S, S) -> one logit per label. Grad-CAM's default layer is the backbone's
-    last feature stage (`gradcam_layer`)."""
+    """pixels (B, C, S, S) -> one logit per label."""
 
     def __init__(self, config: CheXNetConfig):
         super().__init__(config)
@@ -92,11 +91,6 @@ class CheXNetForImageClassification(CheXNetPreTrainedModel):
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(self.vision.num_features, len(config.label_names))
         self.post_init()
-
-    @property
-    def gradcam_layer(self) -> str:
-        """Name (for `model.get_submodule`) of the last feature stage of the backbone."""
-        return "vision.backbone." + self.vision.backbone.feature_info[-1]["module"]
 
     def load_pretrained_backbone(self) -> None:
         """Backbone weights from `vision.pretrained_path` (a local file or directory; no download)."""

@@ -1,9 +1,12 @@
 """`medvlm eval` per kind of checkpoint: which evaluations apply, and one results directory.
 
-- CheXNet: AUROC per label and mean; on synthetic data also Grad-CAM pointing game / IoU.
+- CheXNet: AUROC per label and mean; on synthetic data also Grad-CAM (and HiResCAM) pointing
+  game / IoU.
 - VQA data (records with questions): closed/open accuracy and open F1 beside majority baselines.
 - Report model: report generation (medvlm.evaluation), plus retrieval R@K, zero-shot AUROC and,
-  on synthetic data, cross-attention and Grad-CAM localisation.
+  on synthetic data, localisation of cross-attention (raw, `explain_*`; gradient-weighted,
+  `explain_attngrad_*`) and of Grad-CAM / HiResCAM of the zero-shot score (`explain_gradcam_*`,
+  `explain_hirescam_*`).
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from ..config import RunConfig
 EXPLAIN_STUDIES = 100  # synthetic test studies with findings scored for localisation
 
 SHOWN = {
-    "chexnet": ["auroc_mean", "explain_pointing_game", "explain_iou"],
+    "chexnet": ["auroc_mean", "explain_pointing_game", "explain_iou", "explain_hirescam_pointing_game"],
     "vqa": ["vqa_closed_acc", "vqa_open_acc", "vqa_overall_acc", "vqa_open_f1",
             "baselines.majority.vqa_overall_acc", "baselines.question_majority.vqa_overall_acc"],
     "report": ["bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "ce_micro_f1", "ce_macro_f1", "i2t_r5", "t2i_r5",
                "zs_auroc_mean", "explain_pointing_game", "explain_attngrad_pointing_game",
-               "explain_gradcam_pointing_game"],
+               "explain_gradcam_pointing_game", "explain_hirescam_pointing_game"],
 }
 
 
@@ -55,6 +58,8 @@ def evaluate_checkpoint(model, processor, cfg: RunConfig, test_records, train_re
         studies = _explain_studies(cfg, processor)
         if studies:
             metrics.update(classifier_gradcam_localization(model, processor, studies))
+            metrics.update(classifier_gradcam_localization(model, processor, studies, elementwise=True,
+                                                           prefix="explain_hirescam"))
         title = "medvlm CheXNet classification"
     elif task == "vqa":
         from .vqa import evaluate_vqa
@@ -76,6 +81,8 @@ def evaluate_checkpoint(model, processor, cfg: RunConfig, test_records, train_re
             metrics.update(attention_localization(model, processor, studies, weighting="gradient",
                                                   prefix="explain_attngrad"))
             metrics.update(vlm_gradcam_localization(model, processor, studies))
+            metrics.update(vlm_gradcam_localization(model, processor, studies, elementwise=True,
+                                                    prefix="explain_hirescam"))
         title = "medvlm report generation"
     if out_dir is not None:
         from ..results import write_results

@@ -4,7 +4,8 @@ For each test study with findings and each kind of finding in it (both sides of 
 or a pneumothorax, and all devices, count as one kind with the union of their masks):
 - cross-attention (VLM): the reference report is teacher-forced and the maps of the words that
   name the finding (`KINDS[kind].keywords`) are averaged;
-- Grad-CAM (VLM): of the image-text similarity to the observation's zero-shot prompts;
+- Grad-CAM (VLM): of the zero-shot score of the finding's observation (similarity to its
+  positive prompts minus similarity to its negative prompts);
 - Grad-CAM (CheXNet): of the observation's logit.
 Maps are upsampled to the image and scored with `metrics.localization` (pointing game with a
 tolerance of 15/224 of the image side, i.e. Zhang et al.'s 15 px at 224 px, 9 px at 128 px;
@@ -21,7 +22,7 @@ import torch
 
 from ..explain.attention import cross_attention_maps, cross_attention_relevance, word_positions
 from ..explain.overlay import upsample
-from ..explain.targets import classifier_cams, similarity_cams
+from ..explain.targets import classifier_cams, default_layer, similarity_cams
 from ..metrics.localization import localization_scores
 
 TOLERANCE_FRACTION = 15 / 224
@@ -130,15 +131,19 @@ def attention_localization(model, processor, studies, layers=None, heads=None, w
 
 
 def vlm_gradcam_localization(model, processor, studies, layer: str | None = None, prompts: dict | None = None,
+                             contrast: bool = True, elementwise: bool = False,
                              prefix: str = "explain_gradcam") -> dict:
-    """Grad-CAM of cos(image, positive prompts of the finding's observation)."""
+    """Grad-CAM of the image-text score for each finding's observation: the zero-shot score
+    cos(image, positive prompts) - cos(image, negative prompts) (`contrast`), or the similarity
+    to the positive prompts alone."""
     from .zero_shot import DEFAULT_PROMPTS, prompt_embeddings
 
     device = next(model.parameters()).device
     prompts = prompts or DEFAULT_PROMPTS
     observations = sorted({spec.observation for spec in KINDS.values()})
-    positive, _ = prompt_embeddings(model, processor, {o: prompts[o] for o in observations})
-    text_of = {o: torch.from_numpy(positive[i]).float() for i, o in enumerate(observations)}
+    positive, negative = prompt_embeddings(model, processor, {o: prompts[o] for o in observations})
+    directions = positive - negative if contrast else positive  # (O, E)
+    text_of = {o: torch.from_numpy(directions[i]).float() for i, o in enumerate(observations)}
     maps, masks, kinds = [], [], []
     for study in studies:
         targets = finding_targets(study)
@@ -146,14 +151,16 @@ def vlm_gradcam_localization(model, processor, studies, layer: str | None = None
             continue
         pixels = processor.images([study["image"]]).to(device).expand(len(targets), -1, -1, -1)
         texts = torch.stack([text_of[KINDS[kind].observation] for kind, _ in targets])  # (B, E)
-        for (kind, mask), cam in zip(targets, similarity_cams(model, pixels, texts, layer)):
+        for (kind, mask), cam in zip(targets, similarity_cams(model, pixels, texts, layer, elementwise)):
             maps.append(cam.cpu().numpy())
             masks.append(mask)
             kinds.append(kind)
-    return _scores(maps, masks, kinds, tolerance_pixels(processor.image_size), prefix)
+    out = _scores(maps, masks, kinds, tolerance_pixels(processor.image_size), prefix)
+    out[f"{prefix}_layer"] = layer or default_layer(model)
+    return out
 
 
-def classifier_gradcam_localization(model, processor, studies, layer: str | None = None,
+def classifier_gradcam_localization(model, processor, studies, layer: str | None = None, elementwise: bool = False,
                                     prefix: str = "explain") -> dict:
     """Grad-CAM of the CheXNet logit of each finding's observation."""
     device = next(model.parameters()).device
@@ -165,8 +172,10 @@ def classifier_gradcam_localization(model, processor, studies, layer: str | None
             continue
         pixels = processor.images([study["image"]]).to(device).expand(len(targets), -1, -1, -1)
         columns = torch.tensor([names.index(KINDS[kind].observation) for kind, _ in targets])
-        for (kind, mask), cam in zip(targets, classifier_cams(model, pixels, columns, layer)):
+        for (kind, mask), cam in zip(targets, classifier_cams(model, pixels, columns, layer, elementwise)):
             maps.append(cam.cpu().numpy())
             masks.append(mask)
             kinds.append(kind)
-    return _scores(maps, masks, kinds, tolerance_pixels(processor.image_size), prefix)
+    out = _scores(maps, masks, kinds, tolerance_pixels(processor.image_size), prefix)
+    out[f"{prefix}_layer"] = layer or default_layer(model)
+    return out
