@@ -27,7 +27,8 @@ TARGETS = [
 ]
 CONTEXT = ["vqa_open_acc", "vqa_overall_acc", "vqa_open_f1", "baselines.majority.vqa_closed_acc",
            "baselines.question_majority.vqa_closed_acc", "i2t_r1", "i2t_r10", "t2i_r1", "t2i_r10", "explain_iou",
-           "explain_attngrad_iou", "explain_gradcam_iou", "baselines.random.explain_pointing_game"]
+           "explain_attngrad_iou", "explain_gradcam_iou", "explain_hirescam_pointing_game", "explain_hirescam_iou",
+           "explain_layer", "explain_gradcam_layer", "baselines.random.explain_pointing_game"]
 
 
 def main() -> None:
