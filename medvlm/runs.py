@@ -136,9 +136,9 @@ def training_hooks(cfg: RunConfig, processor: MedVLMProcessor, validation_record
     """(evaluate_fn, collate) for the Trainer: CheXNet batches labels and reports AUROC; VQA data
     reports answer accuracy; report data (the default, collate None) generation metrics."""
     if architecture_of(cfg) == "chexnet":
-        from .tasks.classification import LabelCollator, classifier_training_evaluator
+        from .tasks.classification import LabelCollator, classifier_training_evaluator, label_names_for
 
-        collate = LabelCollator(len(label_names_of(cfg)), cfg.eval.uncertain)
+        collate = LabelCollator(len(label_names_for(cfg.data.dataset)), cfg.eval.uncertain)
         return classifier_training_evaluator(processor, cfg.eval.batch_size, cfg.eval.uncertain), collate
     if validation_records and validation_records[0].get("question"):
         from .tasks.vqa import vqa_training_evaluator
@@ -147,9 +147,3 @@ def training_hooks(cfg: RunConfig, processor: MedVLMProcessor, validation_record
     from .evaluation import training_evaluator
 
     return training_evaluator(processor, cfg.eval), None
-
-
-def label_names_of(cfg: RunConfig) -> list[str]:
-    from .tasks.classification import label_names_for
-
-    return label_names_for(cfg.data.dataset)
