@@ -240,6 +240,8 @@ def explain_main(argv: list[str] | None = None) -> int:
                                          "comma-separated labels (CheXNet; default the most probable)")
     parser.add_argument("--layers", type=int, nargs="+", help="fusion layers to average (default all)")
     parser.add_argument("--heads", type=int, nargs="+", help="attention heads to average (default all)")
+    parser.add_argument("--weighting", choices=("raw", "gradient"), default="raw",
+                        help="attention maps as they are, or weighted by their gradient (Chefer et al., 2021)")
     parser.add_argument("--negative", help="Grad-CAM (medvlm): subtract the similarity to this text, e.g. "
                                            "'No pleural effusion.' (the zero-shot score)")
     parser.add_argument("--layer", help="Grad-CAM layer name (default the vision backbone's last stage of "
@@ -256,7 +258,7 @@ def explain_main(argv: list[str] | None = None) -> int:
     for image in args.images:
         summary = explain_image(model, processor, image, args.out, args.method, args.question, args.target,
                                 args.layers, args.heads, args.layer, args.words, args.max_words, args.negative,
-                                args.hires)
+                                args.hires, args.weighting)
         print(json.dumps({"image": image, "files": summary["files"], "text": summary.get("text"),
                           "targets": summary.get("targets")}))
     return 0

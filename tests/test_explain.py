@@ -183,7 +183,8 @@ def test_explain_command_writes_overlays(pretrained, tmp_path):  # noqa: F811
                  "--method", "gradcam", "--target", "small left pleural effusion"]) == 0
     assert (out / "a_gradcam.png").is_file()
     assert main(["explain", str(tmp_path / "a.png"), "--checkpoint", str(pretrained), "--out", str(out),
-                 "--question", "is there a pleural effusion?", "--max-words", "3"]) == 0
+                 "--question", "is there a pleural effusion?", "--max-words", "3", "--weighting", "gradient"]) == 0
+    assert json.loads((out / "a_explain.json").read_text())["weighting"] == "gradient"
 
 
 def test_localization_scoring_runs_on_synthetic_studies(pretrained):  # noqa: F811

@@ -152,9 +152,12 @@ def word_maps(tokenizer, token_ids, maps: torch.Tensor, start: int = 1) -> list[
 
 @torch.no_grad()
 def explain_generation(model, processor, image, question: str | None = None, layers=None, heads=None,
-                       max_new_tokens: int = 96) -> dict:
+                       max_new_tokens: int = 96, weighting: str = "raw") -> dict:
     """Generate a report (or, with `question`, a VQA answer) for one image and return
-    {"text", "words": [(word, (h, w) map)], "pixels": (C, S, S) model input}."""
+    {"text", "words": [(word, (h, w) map)], "pixels": (C, S, S) model input}; the maps are raw
+    attention (`weighting="raw"`) or gradient-weighted (`"gradient"`, `cross_attention_relevance`)."""
+    if weighting not in ("raw", "gradient"):
+        raise ValueError(f"weighting must be 'raw' or 'gradient', got {weighting!r}")
     device = next(model.parameters()).device
     pixels = processor.images([image]).to(device)  # (1, C, S, S)
     positions = getattr(model.model.text.model.config, "max_position_embeddings", None) or 10**9
@@ -167,8 +170,13 @@ def explain_generation(model, processor, image, question: str | None = None, lay
         start = 1
         sequences = model.generate(pixel_values=pixels, do_sample=False,
                                    max_new_tokens=max(1, min(max_new_tokens, positions - start)))
+    text = processor.decode(sequences, skip_prompt=start)[0]
+    if weighting == "gradient":
+        words = word_positions(processor.tokenizer, sequences[0], start)
+        # generate() returns inference-mode tensors; a clone can enter autograd
+        maps = cross_attention_relevance(model, pixels, sequences.clone(), [p for _, p in words], layers, heads)
+        return {"text": text, "words": [(w, m) for (w, _), m in zip(words, maps)], "pixels": pixels[0].cpu()}
     # the last token's own row predicts nothing, so the pass stops one short (and within the positions)
     inputs = sequences[:, :-1]
     maps = cross_attention_maps(model, pixels, inputs, torch.ones_like(inputs), layers, heads)[0]
-    return {"text": processor.decode(sequences, skip_prompt=start)[0],
-            "words": word_maps(processor.tokenizer, sequences[0], maps, start), "pixels": pixels[0].cpu()}
+    return {"text": text, "words": word_maps(processor.tokenizer, sequences[0], maps, start), "pixels": pixels[0].cpu()}

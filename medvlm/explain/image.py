@@ -1,7 +1,8 @@
 """Explain one image end to end and write the overlays (what `medvlm explain` runs).
 
 - MedVLM, method "attention": generate a report (or, with a question, an answer) and write one
-  panel per generated word with its cross-attention map (`<stem>_attention.png`).
+  panel per generated word with its cross-attention map, raw or gradient-weighted
+  (`<stem>_attention.png`).
 - MedVLM, method "gradcam": Grad-CAM of the similarity between the image and a text (`target`,
   default the generated report), minus the similarity to a `negative` text when one is given
   (the zero-shot score) (`<stem>_gradcam.png`).
@@ -34,7 +35,7 @@ def _stem(image) -> str:
 def explain_image(model, processor, image, out_dir, method: str = "attention", question: str | None = None,
                   target: str | None = None, layers=None, heads=None, layer: str | None = None,
                   words: list[str] | None = None, max_words: int = 24, negative: str | None = None,
-                  elementwise: bool = False) -> dict:
+                  elementwise: bool = False, weighting: str = "raw") -> dict:
     """Write the overlays for one image (see the module docstring); returns the JSON summary."""
     out_dir = Path(out_dir)
     stem = _stem(image)
@@ -42,7 +43,7 @@ def explain_image(model, processor, image, out_dir, method: str = "attention", q
     if is_classifier(model):
         summary = _classifier(model, processor, image, out_dir, stem, target, layer, elementwise, mean, std)
     elif method == "attention":
-        result = explain_generation(model, processor, image, question, layers, heads)
+        result = explain_generation(model, processor, image, question, layers, heads, weighting=weighting)
         chosen = result["words"]
         if words:
             wanted = {w.lower() for w in words}
@@ -52,7 +53,7 @@ def explain_image(model, processor, image, out_dir, method: str = "attention", q
         path = save_word_overlays(display_image(result["pixels"], mean, std), [(w, m.numpy()) for w, m in chosen],
                                   out_dir / f"{stem}_attention.png", title=_wrap(title))
         summary = {"text": result["text"], "words": [w for w, _ in chosen], "files": [str(path)],
-                   "layers": layers, "heads": heads}
+                   "layers": layers, "heads": heads, "weighting": weighting}
     elif method == "gradcam":
         summary = _similarity(model, processor, image, out_dir, stem, question, target, negative, layer, elementwise,
                               mean, std)
