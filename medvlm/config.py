@@ -28,6 +28,7 @@ class ModelConfig:
     fusion_layers: int = 2
     fusion_heads: int = 4
     fusion_mlp_ratio: float = 4.0
+    fusion_null_slot: bool = False  # a learnt "nothing here" key/value in cross-attention (see MedVLMConfig)
     dropout: float = 0.0
     embed_dim: int = 256
     init_temperature: float = 0.07

@@ -141,6 +141,24 @@ def test_cross_attention_maps_are_the_attention_the_model_uses():
         cross_attention_maps(model, pixels, ids, layers=[5])
 
 
+def test_attention_maps_leave_out_the_null_slot():
+    torch.manual_seed(0)
+    model = MedVLMForConditionalGeneration(tiny_config(fusion_null_slot=True)).eval()
+    pixels, ids = torch.randn(2, 1, 32, 32), torch.randint(3, 60, (2, 7))
+    maps = cross_attention_maps(model, pixels, ids)
+    assert maps.shape == (2, 7, 2, 2)  # patches only
+    assert float(maps.sum(dim=(2, 3)).max()) < 1.0 - 1e-3  # the null slot's share (> 0) is not in the map
+    block = model.model.fusion[0]
+    tokens, _ = model.model.encode_image(pixels)
+    kv = block.cross_attn.image_keys_values(tokens)
+    x = torch.randn(2, 7, tokens.shape[-1])
+    weights = block.cross_attn.attention_weights(x, kv, with_null=True)  # (B, heads, T, N + 1)
+    by_hand = (weights @ kv[1]).transpose(1, 2).reshape(2, 7, -1)
+    assert torch.allclose(block.cross_attn.proj(by_hand), block.cross_attn(x, kv), atol=1e-5)
+    relevance = cross_attention_relevance(model, pixels[:1], ids[:1], [[2]])
+    assert relevance.shape == (1, 2, 2)
+
+
 def test_gradient_weighted_attention_follows_the_gradient():
     torch.manual_seed(0)
     model = MedVLMForConditionalGeneration(tiny_config()).eval()

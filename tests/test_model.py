@@ -1,6 +1,7 @@
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, GPT2Config, GPT2Model
 
@@ -26,7 +27,13 @@ def test_shapes_losses_and_every_parameter_gets_a_gradient(text_type, vision):
     model = MedVLMForConditionalGeneration(tiny_config(text_type, vision))
     pixels, ids, mask, labels = batch()
     out = model(ids, pixels, mask, labels=labels)
-    assert out.logits.shape == (3, 10, VOCAB)
+    assert out.logits is None  # with labels the caption loss never forms the logits
+    with torch.no_grad():  # same dropout draws for both
+        torch.manual_seed(1)
+        chunked = model(ids, pixels, mask, labels=labels).caption_loss
+        torch.manual_seed(1)
+        logits = model(ids, pixels, mask).logits
+    torch.testing.assert_close(chunked, F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100))
     assert out.image_embeds.shape == out.text_embeds.shape == (3, 16)
     for name in ("loss", "caption_loss", "contrastive_loss"):
         assert torch.isfinite(out[name]), name
@@ -133,3 +140,40 @@ def test_optimizer_groups_exclude_biases_and_norms_from_decay():
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0
     assert sum(map(len, (decay["params"], no_decay["params"]))) == len(list(model.parameters()))
+
+
+SPATIAL = dict(vision="regnetx_002", fusion_null_slot=True)  # CNN tokens at stride 16, null slot
+
+
+def spatial_config():
+    config = tiny_config(**SPATIAL)
+    config.vision["token_reduction"] = 16
+    return MedVLMConfig(**config.to_dict())
+
+
+def test_cnn_tokens_from_a_finer_stage_and_the_null_slot_train_and_reload(tmp_path):
+    torch.manual_seed(0)
+    model = MedVLMForConditionalGeneration(spatial_config())
+    pixels, ids, mask, labels = batch()
+    tokens, pooled = model.model.vision(pixels)
+    assert tokens.shape == (3, 4, 152) and pooled.shape == (3, 368)  # 32 px / 16 = 2 x 2 from stage s3
+    kv = model.model.fusion[0].cross_attn.image_keys_values(model.model.encode_image(pixels)[0])
+    assert kv.shape[3] == 4 + 1  # the patches, then the null slot
+    out = model(ids, pixels, mask, labels=labels)
+    out.loss.backward()
+    assert all(float(block.cross_attn.null_kv.grad.abs().sum()) > 0 for block in model.model.fusion)
+    decay, no_decay = model.optimizer_groups(0.1)
+    assert any(p is model.model.fusion[0].cross_attn.null_kv for p in no_decay["params"])
+    model.eval().save_pretrained(tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert reloaded.config.vision["token_reduction"] == 16 and reloaded.config.fusion_null_slot
+    torch.testing.assert_close(model(ids, pixels, mask).logits, reloaded(ids, pixels, mask).logits, rtol=0, atol=0)
+    kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert torch.equal(model.generate(pixels, **kwargs), model.generate(pixels, use_cache=False, **kwargs))
+
+
+def test_token_reduction_is_for_cnns_only():
+    config = tiny_config()
+    config.vision["token_reduction"] = 16
+    with pytest.raises(ValueError, match="token_reduction needs a CNN"):
+        MedVLMForConditionalGeneration(MedVLMConfig(**config.to_dict()))

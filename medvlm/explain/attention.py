@@ -83,7 +83,7 @@ def cross_attention_relevance(model, pixel_values: torch.Tensor, input_ids: torc
     def explicit_attention(i):
         def hook(module, args, output):  # the same output as SDPA, through weights we can differentiate
             x, image_kv = args
-            weights = module.attention_weights(x, image_kv)  # (B, heads, T, N)
+            weights = module.attention_weights(x, image_kv, with_null=True)  # (B, heads, T, N [+ null])
             kept[i] = weights
             B, T, D = x.shape
             return module.proj((weights @ image_kv[1]).transpose(1, 2).reshape(B, T, D))
@@ -102,7 +102,8 @@ def cross_attention_relevance(model, pixel_values: torch.Tensor, input_ids: torc
                 rows = [p - 1 for p in group]
                 score = logprobs[0, rows, input_ids[0, group]].sum()
                 grads = torch.autograd.grad(score, weights, retain_graph=True)
-                relevance = torch.stack([(g * w).clamp(min=0)[0][head_ids][:, rows]
+                patches = _grid_size(blocks[layer_ids[0]].cross_attn, weights[0].shape[-1])
+                relevance = torch.stack([(g * w).clamp(min=0)[0][head_ids][:, rows, :patches]
                                          for g, w in zip(grads, weights)])  # (layers, heads, rows, N)
                 maps.append(relevance.mean(dim=(0, 1, 2)).detach())
     finally:
@@ -110,6 +111,11 @@ def cross_attention_relevance(model, pixel_values: torch.Tensor, input_ids: torc
             hook.remove()
         model.train(was_training)
     return _grid(torch.stack(maps)) if maps else torch.zeros(0)
+
+
+def _grid_size(cross_attn, keys: int) -> int:
+    """Image patches among `keys` cross-attention keys (the null slot, if any, is last)."""
+    return keys - (cross_attn.null_kv is not None)
 
 
 def _starts_word(piece: str, wordpiece: bool) -> bool:

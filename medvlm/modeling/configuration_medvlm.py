@@ -4,7 +4,8 @@ The two towers are described by plain dicts so that any timm model and any GPT-2
 BERT-family transformers model can be named without a config class per backbone:
 
     vision = {"model_name": "vit_small_patch16_224", "img_size": 224, "in_chans": 1,
-              "timm_kwargs": {...}, "pretrained_path": None}
+              "timm_kwargs": {...}, "pretrained_path": None,
+              "token_reduction": None}  # CNNs: tokens from the deepest stage with stride <= this
     text   = {"model_type": "gpt2", "n_embd": 384, ...,  "pretrained_path": None}
 """
 
@@ -16,6 +17,7 @@ DEFAULT_VISION = {
     "img_size": 224,
     "in_chans": 1,
     "timm_kwargs": {},
+    "token_reduction": None,
     "pretrained_path": None,
 }
 DEFAULT_TEXT = {"model_type": "gpt2", "n_embd": 256, "n_layer": 4, "n_head": 4, "n_positions": 256}
@@ -30,6 +32,9 @@ class MedVLMConfig(PreTrainedConfig):
     fusion_layers (`int`): number of fusion blocks (self-attention, cross-attention, MLP).
     fusion_heads (`int`): attention heads in the fusion blocks.
     fusion_mlp_ratio (`float`): MLP hidden width as a multiple of the text width.
+    fusion_null_slot (`bool`): give cross-attention one learnt key/value besides the image
+        patches, so a query with nothing to look at attends there instead of piling its
+        attention on an arbitrary background patch (which would make the maps meaningless).
     embed_dim (`int`): width of the shared image-text contrastive embedding.
     init_temperature (`float`): initial contrastive temperature; the learnt logit scale is
         clamped to at most `max_logit_scale`.
@@ -44,6 +49,7 @@ class MedVLMConfig(PreTrainedConfig):
     fusion_layers: int = 2
     fusion_heads: int = 4
     fusion_mlp_ratio: float = 4.0
+    fusion_null_slot: bool = False
     dropout: float = 0.0
     embed_dim: int = 256
     init_temperature: float = 0.07

@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache
+from transformers.modeling_layers import GradientCheckpointingLayer
 from torch import nn
 
 
@@ -59,20 +60,29 @@ class CausalSelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Text queries attend to image-patch keys/values; keys/values are projected once per image."""
+    """Text queries attend to image-patch keys/values; keys/values are projected once per image.
 
-    def __init__(self, width: int, num_heads: int, dropout: float):
+    With `null_slot`, a learnt key/value pair is appended after the patches: attention a query
+    puts there means "nothing in the image", and `attention_weights` leaves it out of the maps."""
+
+    def __init__(self, width: int, num_heads: int, dropout: float, null_slot: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.q = nn.Linear(width, width)
         self.kv = nn.Linear(width, 2 * width)
         self.proj = nn.Linear(width, width)
         self.dropout = dropout
+        head_dim = width // num_heads
+        self.null_kv = nn.Parameter(torch.zeros(2, num_heads, 1, head_dim)) if null_slot else None
 
     def image_keys_values(self, image_tokens: torch.Tensor) -> torch.Tensor:
         B, N, D = image_tokens.shape
         kv = self.kv(image_tokens).view(B, N, 2, self.num_heads, D // self.num_heads)
-        return kv.permute(2, 0, 3, 1, 4)  # (2, B, heads, N, head_dim)
+        kv = kv.permute(2, 0, 3, 1, 4)  # (2, B, heads, N, head_dim)
+        if self.null_kv is not None:
+            null = self.null_kv[:, None].expand(2, B, -1, -1, -1)  # (2, B, heads, 1, head_dim)
+            kv = torch.cat([kv, null.to(kv.dtype)], dim=3)  # (2, B, heads, N + 1, head_dim)
+        return kv
 
     def forward(self, x: torch.Tensor, image_kv: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
@@ -82,13 +92,15 @@ class CrossAttention(nn.Module):
         )  # (B, heads, T, head_dim)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
-    def attention_weights(self, x: torch.Tensor, image_kv: torch.Tensor) -> torch.Tensor:
-        """Softmax attention of each text position over image patches: (B, heads, T, N).
+    def attention_weights(self, x: torch.Tensor, image_kv: torch.Tensor, with_null: bool = False) -> torch.Tensor:
+        """Softmax attention of each text position over image patches: (B, heads, T, N), the
+        null slot's share left out (rows then sum to at most 1) unless `with_null`.
         Used by explainability only; training and generation go through SDPA."""
         B, T, D = x.shape
         q = self.q(x).view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2)
         scores = q @ image_kv[0].transpose(-1, -2) / (q.shape[-1] ** 0.5)
-        return scores.softmax(dim=-1)
+        weights = scores.softmax(dim=-1)  # (B, heads, T, N [+ 1])
+        return weights if with_null or self.null_kv is None else weights[..., :-1]
 
 
 class MLP(nn.Module):
@@ -102,13 +114,17 @@ class MLP(nn.Module):
         return self.dropout(self.proj(F.gelu(self.fc(x))))
 
 
-class FusionBlock(nn.Module):
-    def __init__(self, width: int, num_heads: int, mlp_ratio: float, dropout: float, layer_idx: int):
+class FusionBlock(GradientCheckpointingLayer):
+    """One fusion layer. As a `GradientCheckpointingLayer` it recomputes its activations in the
+    backward pass once `activation_checkpointing_enable()` is called on the model."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float, dropout: float, layer_idx: int,
+                 null_slot: bool = False):
         super().__init__()
         self.ln_self = nn.LayerNorm(width)
         self.self_attn = CausalSelfAttention(width, num_heads, dropout, layer_idx)
         self.ln_cross = nn.LayerNorm(width)
-        self.cross_attn = CrossAttention(width, num_heads, dropout)
+        self.cross_attn = CrossAttention(width, num_heads, dropout, null_slot)
         self.ln_mlp = nn.LayerNorm(width)
         self.mlp = MLP(width, int(width * mlp_ratio), dropout)
 

@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.utils import ModelOutput
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .configuration_medvlm import MedVLMConfig
-from .fusion import FusionBlock, decoder_attention_mask
+from .fusion import CrossAttention, FusionBlock, decoder_attention_mask
 from .losses import (
     caption_loss,
     contrastive_loss,
@@ -27,6 +28,67 @@ from .losses import (
 )
 from .text import TextTower
 from .vision import VisionTower
+
+
+def gather_rows(filled: torch.Tensor, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A new buffer shaped like `like` whose first positions hold `filled[rows]` (one copy)."""
+    buffer = torch.empty_like(like)  # (B, heads, capacity, head_dim)
+    torch.index_select(filled, 0, rows, out=buffer[:, :, : filled.shape[2]])
+    return buffer
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys/values live in buffers allocated up front (`capacity`
+    positions; doubled if a sequence outgrows them): each step writes only its new positions
+    instead of concatenating the whole cache again. `keys`/`values` are views of the buffers, so
+    every inherited method that reads them (lengths, masks) works unchanged; one that replaces
+    them (crop, batch selection) makes the next update copy them into fresh buffers."""
+
+    def __init__(self, capacity: int = 0):
+        super().__init__()
+        self.capacity = capacity
+        self.key_buffer = self.value_buffer = None  # (B, heads, capacity, head_dim) each
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        past = self.keys.shape[-2] if self.keys.ndim == 4 else 0
+        end = past + key_states.shape[-2]
+        in_buffer = self.key_buffer is not None and self.keys.data_ptr() == self.key_buffer.data_ptr()
+        if not in_buffer or end > self.key_buffer.shape[-2]:
+            self._reallocate(key_states, past, max(end, self.capacity, 2 * past))
+        self.key_buffer.narrow(2, past, end - past).copy_(key_states)
+        self.value_buffer.narrow(2, past, end - past).copy_(value_states)
+        self.keys = self.key_buffer.narrow(2, 0, end)  # (B, heads, end, head_dim), a view
+        self.values = self.value_buffer.narrow(2, 0, end)
+        return self.keys, self.values
+
+    def _reallocate(self, like: torch.Tensor, past: int, capacity: int) -> None:
+        B, H, _, hd = like.shape
+        self.key_buffer, self.value_buffer = like.new_empty(B, H, capacity, hd), like.new_empty(B, H, capacity, hd)
+        if past:
+            self.key_buffer[:, :, :past], self.value_buffer[:, :, :past] = self.keys, self.values
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: gather the filled positions of the chosen rows straight into new buffers."""
+        past = self.get_seq_length()
+        if past:
+            beam_idx = beam_idx.to(self.key_buffer.device)
+            self.key_buffer = gather_rows(self.keys, beam_idx, like=self.key_buffer)
+            self.value_buffer = gather_rows(self.values, beam_idx, like=self.value_buffer)
+            self.keys, self.values = self.key_buffer[:, :, :past], self.value_buffer[:, :, :past]
+
+    def reset(self) -> None:
+        self.key_buffer = self.value_buffer = None
+        super().reset()
+
+
+class PreallocatedCache(Cache):
+    """KV cache of every decoder layer (text tower, then fusion blocks) as `PreallocatedLayer`s;
+    `capacity` is the longest sequence expected (prompt + new tokens)."""
+
+    def __init__(self, capacity: int = 0):
+        super().__init__(layer_class_to_replicate=lambda: PreallocatedLayer(capacity))
 
 
 @dataclass
@@ -49,7 +111,7 @@ class MedVLMOutput(ModelOutput):
     """
     loss: weighted total of the parts below (present when `labels` are given).
     contrastive_loss, caption_loss: the named parts, unweighted.
-    logits: (B, T, V) next-token scores.
+    logits: (B, T, V) next-token scores (None when labels were given, unless return_logits=True).
     image_embeds, text_embeds: (B, E) L2-normalised embeddings; logit_scale: scalar, clamped.
     """
 
@@ -70,13 +132,25 @@ class MedVLMPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
     _supports_sdpa = True
+    supports_gradient_checkpointing = True  # activation_checkpointing_enable(): text, fusion and vision blocks
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=checkpoint,
+                                    every_n_layers: int = 1):
+        # HF's switch reaches the text tower's and our fusion blocks (GradientCheckpointingLayer);
+        # the timm backbone has its own
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
+        for module in self.modules():
+            if isinstance(module, VisionTower) and hasattr(module.backbone, "set_grad_checkpointing"):
+                module.backbone.set_grad_checkpointing(enable)
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW parameter groups: matrices decay; biases, norms, scales and other 1-d tensors do not."""
-        params = [p for p in self.parameters() if p.requires_grad]
+        """AdamW parameter groups: weight matrices decay; biases, norms, scales, other 1-d tensors
+        and the cross-attention null slots (learnt tokens, not maps) do not."""
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        decays = {n: p.ndim >= 2 and not n.endswith("null_kv") for n, p in named}
         return [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+            {"params": [p for n, p in named if decays[n]], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if not decays[n]], "weight_decay": 0.0},
         ]
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -97,19 +171,22 @@ class MedVLMPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, MedVLMModel):
             init.constant_(module.logit_scale, math.log(1.0 / self.config.init_temperature))
+        elif isinstance(module, CrossAttention) and module.null_kv is not None:
+            init.zeros_(module.null_kv)  # a zero key scores 0 against every query at the start
 
 
 class MedVLMModel(MedVLMPreTrainedModel):
     def __init__(self, config: MedVLMConfig):
         super().__init__(config)
         v = config.vision
-        self.vision = VisionTower(v["model_name"], v["img_size"], v["in_chans"], v.get("timm_kwargs"))
+        self.vision = VisionTower(v["model_name"], v["img_size"], v["in_chans"], v.get("timm_kwargs"),
+                                  v.get("token_reduction"))
         self.text = TextTower(config.text)
         width = self.text.hidden_size
-        self.image_to_fusion = nn.Linear(self.vision.num_features, width)
+        self.image_to_fusion = nn.Linear(self.vision.token_features, width)
         self.fusion = nn.ModuleList(
             FusionBlock(width, config.fusion_heads, config.fusion_mlp_ratio, config.dropout,
-                        layer_idx=self.text.num_layers + i)
+                        layer_idx=self.text.num_layers + i, null_slot=config.fusion_null_slot)
             for i in range(config.fusion_layers)
         )
         self.ln_final = nn.LayerNorm(width)
@@ -181,7 +258,7 @@ class MedVLMModel(MedVLMPreTrainedModel):
         mask = decoder_attention_mask(attention_mask, T, past_len)
         x = text_states
         for i, block in enumerate(self.fusion):
-            x = block(x, image_kv[:, i].transpose(0, 1), mask, cache)
+            x = block(x, image_kv[:, i].transpose(0, 1), mask, cache=cache)
         return MedVLMModelOutput(
             last_hidden_state=self.ln_final(x), image_embeds=image_embeds, text_embeds=text_embeds, cache=cache
         )
@@ -217,18 +294,23 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         cache: Cache | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        return_logits: bool | None = None,
         **kwargs,
     ) -> MedVLMOutput:
         """labels: (B, T) token ids with -100 at pads and prompt tokens; the shift to next-token
-        targets happens inside `caption_loss`, nowhere else. text_keys: (B,) ids equal for identical
+        targets happens inside `caption_loss`, nowhere else. With labels the caption loss never
+        forms the (B, T, V) logits, and `logits` is None unless `return_logits=True`. text_keys: (B,) ids equal for identical
         report texts (see `contrastive_loss`); defaults to comparing the token ids."""
         out = self.model(input_ids, pixel_values, attention_mask, image_kv, cache, use_cache)
         hidden = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
-        logits = self.lm_logits(hidden)
+        if return_logits is None:
+            return_logits = labels is None
+        logits = self.lm_logits(hidden) if return_logits else None
         logit_scale = self.model.clamped_logit_scale()
         parts = {}
         if labels is not None:
-            parts["caption_loss"] = caption_loss(logits, labels, self.config.label_smoothing)
+            parts["caption_loss"] = caption_loss(out.last_hidden_state, self.model.text.token_embeddings.weight,
+                                                 self.lm_bias, labels, self.config.label_smoothing)
             if out.image_embeds is not None and self.config.contrastive_weight > 0:
                 keys = text_keys if text_keys is not None else input_ids
                 parts["contrastive_loss"] = match_single_process_gradient(contrastive_loss(
@@ -249,7 +331,7 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
             cache=out.cache,
         )
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -263,7 +345,8 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         The vision tower and the cross-attention key/value projections run once per image here;
         `generate` then only repeats the resulting tensor for beams/samples. Without `input_ids`
         every sequence starts from the BOS token (report generation); VQA passes the question as
-        a left-padded prompt.
+        a left-padded prompt. Unless a `cache` is given, keys/values go to a `PreallocatedCache`
+        sized for prompt + new tokens. Runs under `torch.inference_mode` (less per-op overhead).
         """
         if image_kv is None:
             image_tokens, _ = self.model.encode_image(pixel_values)
@@ -271,7 +354,15 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         if input_ids is None:
             input_ids = torch.full((image_kv.shape[0], 1), self.config.bos_token_id, device=image_kv.device)
         if generate_kwargs.get("use_cache", True) and "cache" not in generate_kwargs:
-            generate_kwargs["cache"] = DynamicCache()
+            generate_kwargs["cache"] = PreallocatedCache(capacity=self._expected_length(input_ids, generate_kwargs))
         return super().generate(
             input_ids=input_ids, attention_mask=attention_mask, image_kv=image_kv, **generate_kwargs
         )
+
+    def _expected_length(self, input_ids: torch.Tensor, generate_kwargs: dict) -> int:
+        """Prompt + new tokens, to size the KV cache once (it still grows if this falls short)."""
+        config = generate_kwargs.get("generation_config") or self.generation_config
+        new_tokens = generate_kwargs.get("max_new_tokens") or config.max_new_tokens
+        if new_tokens:
+            return input_ids.shape[1] + new_tokens
+        return generate_kwargs.get("max_length") or config.max_length or input_ids.shape[1]

@@ -14,6 +14,10 @@ def text_config_from(spec: dict):
     config = AutoConfig.for_model(spec["model_type"], **fields)
     if hasattr(config, "is_decoder"):
         config.is_decoder = True  # BERT-style encoders run causally: one pass serves both losses
+    if getattr(config, "activation_function", None) == "gelu_new":
+        # GPT-2's tanh GELU written out in Python (six kernels each way) -> torch's fused kernel of
+        # the same formula; pretrained GPT-2 weights give the same outputs
+        config.activation_function = "gelu_pytorch_tanh"
     return config
 
 

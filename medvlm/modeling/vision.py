@@ -31,9 +31,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 class VisionTower(nn.Module):
-    """Any timm backbone, used through its own feature API (`forward_features`, `forward_head`)."""
+    """Any timm backbone, used through its own feature API (`forward_features`, `forward_head`,
+    and `forward_intermediates` for CNN tokens taken before the last stage).
 
-    def __init__(self, model_name: str, img_size: int, in_chans: int, timm_kwargs: dict | None = None):
+    token_reduction: for CNNs, take the patch tokens from the deepest stage whose stride is at
+    most this (e.g. 16: an 8x8 grid at 128 px instead of the last stage's 4x4), so that each
+    token still covers its own part of the image; the pooled embedding always comes from the
+    last stage. None: tokens from the last stage."""
+
+    def __init__(self, model_name: str, img_size: int, in_chans: int, timm_kwargs: dict | None = None,
+                 token_reduction: int | None = None):
         super().__init__()
         kwargs = dict(num_classes=0, in_chans=in_chans, **(timm_kwargs or {}))
         try:
@@ -42,8 +49,24 @@ class VisionTower(nn.Module):
             # CNNs (DenseNet, ResNet, ...) take any input size and reject the argument.
             self.backbone = timm.create_model(model_name, pretrained=False, **kwargs)
         self.in_chans = in_chans
-        self.num_features = self.backbone.num_features
+        self.num_features = self.backbone.num_features  # width of the pooled embedding
         self.num_prefix_tokens = getattr(self.backbone, "num_prefix_tokens", 0)
+        self.token_stage = self._token_stage(model_name, token_reduction)  # None: the last stage
+        self.token_features = (self.backbone.feature_info[self.token_stage]["num_chs"]
+                               if self.token_stage is not None else self.num_features)  # width of a token
+
+    def _token_stage(self, model_name: str, token_reduction: int | None) -> int | None:
+        if token_reduction is None:
+            return None
+        info = getattr(self.backbone, "feature_info", None)
+        if not info or self.num_prefix_tokens or not hasattr(self.backbone, "forward_intermediates"):
+            raise ValueError(f"vision.token_reduction needs a CNN with stages; {model_name} has none "
+                             "(leave it unset for transformers)")
+        stages = [i for i, stage in enumerate(info) if stage["reduction"] <= token_reduction]
+        if not stages:
+            raise ValueError(f"vision.token_reduction={token_reduction}: {model_name}'s smallest stride is "
+                             f"{info[0]['reduction']}")
+        return None if stages[-1] == len(info) - 1 else stages[-1]
 
     def load_pretrained(self, path: str | Path) -> None:
         """Load backbone weights from a local file or directory (no download).
@@ -65,10 +88,15 @@ class VisionTower(nn.Module):
         self.backbone.load_state_dict(state, strict=False)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.backbone.forward_features(pixel_values)
-        if features.ndim == 4:  # CNN feature map (B, C, h, w)
-            tokens = features.flatten(2).transpose(1, 2)  # (B, h*w, C)
-        else:  # transformer tokens (B, prefix + N, C)
-            tokens = features[:, self.num_prefix_tokens :]  # (B, N, C)
+        if self.token_stage is not None:
+            features, (token_map,) = self.backbone.forward_intermediates(
+                pixel_values, indices=[self.token_stage], intermediates_only=False)
+            tokens = token_map.flatten(2).transpose(1, 2)  # (B, h*w, C_stage)
+        else:
+            features = self.backbone.forward_features(pixel_values)
+            if features.ndim == 4:  # CNN feature map (B, C, h, w)
+                tokens = features.flatten(2).transpose(1, 2)  # (B, h*w, C)
+            else:  # transformer tokens (B, prefix + N, C)
+                tokens = features[:, self.num_prefix_tokens :]  # (B, N, C)
         pooled = self.backbone.forward_head(features, pre_logits=True)  # (B, C)
         return tokens, pooled

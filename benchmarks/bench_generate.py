@@ -1,0 +1,164 @@
+"""Generation benchmark: medvlm against open_clip CoCa and HF VisionEncoderDecoder at equal size.
+
+Every model produces exactly `new_tokens` (60) tokens per image from random weights (EOS is held
+back until then), greedy and with beam search (3 beams), for 1 image and for a batch. Figures
+are timed interleaved (one call of every model in turn, repeated); medians. Prints one JSON.
+
+    python benchmarks/bench_generate.py              # reference dims (see common.Dims)
+    python benchmarks/bench_generate.py --variants bf16_weights bf16   # also ours in bf16 (weights cast / autocast)
+    python benchmarks/bench_generate.py --tiny       # seconds; what the smoke test runs
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+BEAMS = 3
+# (target peer, minimum speedup peer_s / ours_s) for greedy decoding at 1 image and at a batch
+SPEED_TARGETS = {"hf_vision_encoder_decoder": 1.3, "open_clip_coca": 4.0}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="tiny dims, 1 timed iteration (smoke test)")
+    p.add_argument("--iters", type=int, default=None, help="timed iterations per figure (default 5; tiny 1)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--models", nargs="+", default=list(common.MODELS), help="subset of " + ", ".join(common.MODELS))
+    p.add_argument("--variants", nargs="*", default=[], choices=["bf16", "bf16_weights"],
+                   help="also time medvlm with these options, each as its own entry (medvlm+bf16, ...)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--child-memory", nargs=2, metavar=("MODEL", "FIGURE"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.dims = common.TINY if args.tiny else common.REFERENCE
+    args.iters = args.iters or (1 if args.tiny else 5)
+    return args
+
+
+def figures(d: common.Dims) -> dict[str, tuple[int, int]]:
+    """figure name -> (images, beams)"""
+    out = {}
+    for images in (1, d.batch_size):
+        out[f"greedy_{images}"] = (images, 1)
+        out[f"beam{BEAMS}_{images}"] = (images, BEAMS)
+    return out
+
+
+def generation_call(runner, d: common.Dims, images: int, beams: int):
+    pixels = common.synthetic_batch(d, images, seed=images)["pixel_values"]
+    return lambda: runner.generate(pixels, d.new_tokens, beams)
+
+
+def child_memory(args) -> None:
+    torch.set_num_threads(args.threads)
+    name, figure = args.child_memory
+    runner = common.build(name, args.dims)
+    runner.model.eval()
+    call = generation_call(runner, args.dims, *figures(args.dims)[figure])
+    print(json.dumps(common.measure_peak(call)))
+
+
+def memory(args, calls: dict) -> dict:
+    """Peak memory per (model, figure), each in its own process; --tiny probes one figure only."""
+    if args.no_memory:
+        return {}
+    largest = f"greedy_{args.dims.batch_size}"
+    common_args = ["--threads", str(args.threads)] + (["--tiny"] if args.tiny else [])
+    probes = {key: ["--child-memory", *key.split("/"), *common_args]
+              for key in calls if not args.tiny or key.endswith("/" + largest)}
+    return common.peaks_in_subprocesses(__file__, probes)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.child_memory:
+        child_memory(args)
+        return {}
+    d = args.dims
+    result = {"benchmark": "generate", "dims": common.dims_json(d), "machine": common.machine(args.threads)}
+    torch.set_num_threads(args.threads)
+
+    names, skipped = common.available_models(args.models)
+    if "medvlm" in names:
+        names += [f"medvlm+{v}" for v in args.variants]
+    runners = {name: common.build(name, d) for name in names}
+    models = {name: {"params": common.num_parameters(r.model), "notes": r.notes, "figures": {}}
+              for name, r in runners.items()}
+
+    calls = {}  # "model/figure" -> call, for the figures the model can produce
+    for figure, (images, beams) in figures(d).items():
+        for name, runner in runners.items():
+            runner.model.eval()
+            call = generation_call(runner, d, images, beams)
+            try:
+                out = call()  # also the first warm-up
+            except common.Unavailable as e:
+                models[name]["figures"][figure] = {"s": None, "unavailable": str(e)}
+                continue
+            if out.shape != (images, d.new_tokens + 1):
+                raise RuntimeError(f"{name} {figure}: output {tuple(out.shape)}, expected start + {d.new_tokens}")
+            calls[f"{name}/{figure}"] = call
+    times = common.timed_interleaved(calls, args.warmup - 1 if args.warmup else 0, args.iters)
+    peaks = memory(args, calls)
+
+    for key, t in times.items():
+        name, figure = key.split("/")
+        images = figures(d)[figure][0]
+        entry = {"s": t["median_s"], "min_s": t["min_s"], "max_s": t["max_s"],
+                 "new_tokens_per_s": images * d.new_tokens / t["median_s"],
+                 "peak_mib": peaks.get(key, {}).get("peak_mib")}
+        if "error" in peaks.get(key, {}):
+            entry["peak_error"] = peaks[key]["error"]
+        models[name]["figures"][figure] = entry
+
+    result.update(
+        settings={"new_tokens": d.new_tokens, "beams": BEAMS, "warmup": args.warmup, "iters": args.iters,
+                  "precision": "fp32", "decoding": "exactly new_tokens per sequence (min_new_tokens / EOS held "
+                  "back), from random weights; VisionEncoderDecoder with its KV cache",
+                  "timing": "interleaved: each round runs every (model, figure) in turn; median over rounds"},
+        memory_method=None if args.no_memory else common.MEMORY_METHOD
+        + ("; --tiny: greedy at the batch size only" if args.tiny else ""),
+        models=models, skipped=skipped,
+    )
+    result["ratios"], result["targets"] = ratios_and_targets(models, d)
+    result["machine"]["loadavg_end"] = list(os.getloadavg())
+    common.dump(result, args.out)
+    return result
+
+
+def ratios_and_targets(models: dict, d: common.Dims) -> tuple[dict, dict]:
+    """ratios: ours/peer seconds and peak memory per figure (< 1 is better for us);
+    targets: greedy speedups (peer seconds / ours) and peak memory, met or not."""
+    ratios, targets = {}, {}
+    if "medvlm" not in models:
+        return ratios, targets
+    ours = models["medvlm"]["figures"]
+    for peer in common.MODELS[1:]:
+        if peer not in models:
+            continue
+        theirs = models[peer]["figures"]
+        for figure in figures(d):
+            ratios[f"{figure} s medvlm/{peer}"] = common.ratio(ours[figure]["s"], theirs[figure]["s"])
+            r = common.ratio(ours[figure].get("peak_mib"), theirs[figure].get("peak_mib"))
+            if r is not None:
+                ratios[f"{figure} peak_mib medvlm/{peer}"] = r
+                targets[f"{figure} peak memory <= {peer}"] = {"ratio": r, "met": r <= 1.0}
+        for images in (1, d.batch_size):
+            figure = f"greedy_{images}"
+            speedup = common.ratio(theirs[figure]["s"], ours[figure]["s"])
+            need = SPEED_TARGETS[peer]
+            targets[f"{figure} speedup vs {peer} >= {need}x"] = {
+                "speedup": speedup, "met": None if speedup is None else speedup >= need}
+    return ratios, targets
+
+
+if __name__ == "__main__":
+    main()

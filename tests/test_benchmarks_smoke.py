@@ -1,0 +1,75 @@
+"""The two side-by-side benchmarks run end to end at tiny dims and print the documented keys.
+
+No timing is asserted: the figures depend on the machine. Peers (open_clip CoCa, HF
+VisionEncoderDecoder) are compared only where open_clip is installed (`pip install -e .[bench]`).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_generate  # noqa: E402
+import bench_train  # noqa: E402
+
+TOP_KEYS = {"benchmark", "dims", "machine", "settings", "memory_method", "models", "skipped", "ratios", "targets"}
+TRAIN_KEYS = {"params", "notes", "step_s", "step_min_s", "step_max_s", "samples_per_s", "flops_per_step",
+              "achieved_gflops", "fraction_of_matmul_rate", "peak_mib"}
+FIGURE_KEYS = {"s", "min_s", "max_s", "new_tokens_per_s", "peak_mib"}
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    threads = torch.get_num_threads()  # the benchmarks set it for the whole process
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(main, argv, tmp_path, capsys):
+    out = tmp_path / "result.json"
+    # one thread: a smoke run measures nothing, and OpenMP barriers stall on a loaded machine
+    result = main(["--tiny", "--threads", "1", "--out", str(out), *argv])
+    assert json.loads(capsys.readouterr().out) == result == json.loads(out.read_text())
+    assert TOP_KEYS <= set(result)
+    assert {"loadavg_start", "loadavg_end", "threads"} <= set(result["machine"])
+    return result
+
+
+def test_train_benchmark_ours_alone(tmp_path, capsys):
+    result = run(bench_train.main, ["--models", "medvlm"], tmp_path, capsys)
+    entry = result["models"]["medvlm"]
+    assert TRAIN_KEYS <= set(entry)
+    assert entry["flops_per_step"] > 0 and entry["peak_mib"] > 0  # measured in a subprocess
+    assert result["matmul_fp32"]["gflops"] > 0
+
+
+def test_generate_benchmark_ours_alone(tmp_path, capsys):
+    result = run(bench_generate.main, ["--models", "medvlm", "--variants", "bf16_weights", "--no-memory"],
+                 tmp_path, capsys)
+    assert set(result["models"]) == {"medvlm", "medvlm+bf16_weights"}
+    for entry in result["models"].values():
+        assert set(entry["figures"]) == {"greedy_1", "beam3_1", "greedy_2", "beam3_2"}
+        for figure in entry["figures"].values():
+            assert FIGURE_KEYS <= set(figure) and figure["s"] > 0
+
+
+def test_both_benchmarks_against_the_peers(tmp_path, capsys):
+    pytest.importorskip("open_clip")
+    train = run(bench_train.main, ["--no-memory", "--variants", "ckpt"], tmp_path, capsys)
+    assert set(train["models"]) == {"medvlm", "medvlm+ckpt", "open_clip_coca", "hf_vision_encoder_decoder"}
+    assert {"step_s medvlm/open_clip_coca", "step_s medvlm/hf_vision_encoder_decoder"} <= set(train["ratios"])
+    assert "train step <= 0.75x open_clip_coca" in train["targets"]
+
+    generate = run(bench_generate.main, [], tmp_path, capsys)
+    coca = generate["models"]["open_clip_coca"]["figures"]
+    assert coca["beam3_1"]["s"] is None and "BeamSearchScorer" in coca["beam3_1"]["unavailable"]
+    assert coca["greedy_2"]["s"] > 0
+    for peer in ("open_clip_coca", "hf_vision_encoder_decoder"):
+        assert generate["models"][peer]["figures"]["greedy_2"]["peak_mib"] > 0  # the one --tiny memory probe
+        assert f"greedy_1 s medvlm/{peer}" in generate["ratios"]
+    targets = generate["targets"]
+    assert {"greedy_1 speedup vs hf_vision_encoder_decoder >= 1.3x", "greedy_2 speedup vs open_clip_coca >= 4.0x",
+            "greedy_2 peak memory <= open_clip_coca"} <= set(targets)
