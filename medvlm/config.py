@@ -29,6 +29,7 @@ class ModelConfig:
     fusion_heads: int = 4
     fusion_mlp_ratio: float = 4.0
     fusion_null_slot: bool = False  # a learnt "nothing here" key/value in cross-attention (see MedVLMConfig)
+    fusion_image_positions: bool = False  # a learnt position embedding on the image tokens (CNN towers)
     dropout: float = 0.0
     embed_dim: int = 256
     init_temperature: float = 0.07
@@ -67,6 +68,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     mixed_precision: str = "no"  # no | bf16 | fp16
+    gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, more time
+    compile: bool = False  # torch.compile the model (inductor) through accelerate
     log_every: int = 10
     eval_every: int = 500
     eval_samples: int = 64

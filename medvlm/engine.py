@@ -197,7 +197,12 @@ class Trainer:
         self.cfg = run_config
         t = run_config.train
         self.output_dir = Path(t.output_dir)
-        self.accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum)
+        self.accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
+                                       dynamo_backend="inductor" if t.compile else "no")
+        if t.gradient_checkpointing:
+            if not getattr(model, "supports_gradient_checkpointing", False):
+                raise ValueError(f"train.gradient_checkpointing: {type(model).__name__} does not support it")
+            model.activation_checkpointing_enable()
         self.processor = processor
         self.train_set = RecordDataset(train_records, processor.with_augmentation(run_config.data.augment),
                                        run_config.data.on_error)

@@ -69,11 +69,15 @@ def _metrics_table(metrics: dict) -> str:
 def model_card(cfg: RunConfig | None, metrics: dict | None = None, split: str | None = None) -> str:
     data = cfg.data if cfg else None
     dataset = data.dataset if data else "unknown"
+    chexnet = cfg is not None and cfg.model.architecture == "chexnet"
+    summary = ("A CheXNet-style chest X-ray classifier (timm vision tower, one logit per observation, "
+               "class-weighted BCE) trained with medvlm." if chexnet else
+               "A CoCa-style chest X-ray vision-language model (timm vision tower, causal transformers text "
+               "tower, cross-attention fusion) trained with medvlm.")
     lines = [
         "# medvlm model",
         "",
-        "A CoCa-style chest X-ray vision-language model (timm vision tower, causal transformers text "
-        "tower, cross-attention fusion) trained with medvlm.",
+        summary,
         "",
         "## Data",
         f"- dataset: `{dataset}`" + (f" at `{data.root}`" if data and data.root else ""),
@@ -85,8 +89,9 @@ def model_card(cfg: RunConfig | None, metrics: dict | None = None, split: str | 
     lines += ["", f"## Metrics ({split or 'held-out'} split)", "", _metrics_table(metrics or {}), ""]
     lines += [
         "## Intended use",
-        "Research on report generation, visual question answering and retrieval for chest radiographs. "
-        "Not a medical device: outputs must not be used for diagnosis or patient care.",
+        ("Research on multi-label classification of chest radiographs (a baseline for report models). " if chexnet
+         else "Research on report generation, visual question answering and retrieval for chest radiographs. ")
+        + "Not a medical device: outputs must not be used for diagnosis or patient care.",
         "",
         "## Limitations",
         "- Generated reports can be fluent and wrong: omitted, invented or mis-lateralised findings.",

@@ -28,7 +28,8 @@ LABELS = {"bleu_1": "BLEU-1", "bleu_2": "BLEU-2", "bleu_3": "BLEU-3", "bleu_4": 
           "ce_recall": "CE recall (micro)", "ce_micro_f1": "CE F1 (micro)",
           "ce_macro_precision": "CE precision (macro)",
           "ce_macro_recall": "CE recall (macro)", "ce_macro_f1": "CE F1 (macro)"}
-VERDICT_METRICS = ("bleu_4", "ce_micro_f1")
+VERDICT_METRICS = ("bleu_4", "ce_micro_f1")  # report models; other tasks: their own headline metrics
+TASK_VERDICT_METRICS = ("vqa_overall_acc", "vqa_closed_acc", "vqa_open_acc", "auroc_mean")
 
 
 # ------------------------------------------------------------------ splitting the flat dict
@@ -111,13 +112,15 @@ def _fmt_ci(value, interval) -> str:
 
 
 def verdicts(model: dict, intervals: dict, baselines: dict) -> list[str]:
-    """One line per baseline: does the model beat it on BLEU-4 and CE micro-F1?"""
+    """One line per baseline: does the model beat it on BLEU-4 and CE micro-F1 (report models), or
+    on the task's own accuracy / AUROC (VQA, classification)?"""
     lines = []
+    compared = [m for m in VERDICT_METRICS if m in model] or [m for m in TASK_VERDICT_METRICS if m in model]
     for name, base in baselines.items():
         parts = []
-        for metric in VERDICT_METRICS:
+        for metric in compared or VERDICT_METRICS:
             ours, theirs = _number(model.get(metric)), _number(base.get(metric))
-            label = LABELS[metric]
+            label = LABELS.get(metric, metric)
             if ours is None or theirs is None:
                 parts.append(f"not compared on {label} (missing)")
                 continue

@@ -67,6 +67,7 @@ def model_config(cfg: RunConfig, tokenizer) -> MedVLMConfig:
         fusion_heads=m.fusion_heads,
         fusion_mlp_ratio=m.fusion_mlp_ratio,
         fusion_null_slot=m.fusion_null_slot,
+        fusion_image_positions=m.fusion_image_positions,
         dropout=m.dropout,
         embed_dim=m.embed_dim,
         init_temperature=m.init_temperature,

@@ -142,7 +142,7 @@ def test_optimizer_groups_exclude_biases_and_norms_from_decay():
     assert sum(map(len, (decay["params"], no_decay["params"]))) == len(list(model.parameters()))
 
 
-SPATIAL = dict(vision="regnetx_002", fusion_null_slot=True)  # CNN tokens at stride 16, null slot
+SPATIAL = dict(vision="regnetx_002", fusion_null_slot=True, fusion_image_positions=True)
 
 
 def spatial_config():
@@ -162,11 +162,14 @@ def test_cnn_tokens_from_a_finer_stage_and_the_null_slot_train_and_reload(tmp_pa
     out = model(ids, pixels, mask, labels=labels)
     out.loss.backward()
     assert all(float(block.cross_attn.null_kv.grad.abs().sum()) > 0 for block in model.model.fusion)
+    assert model.model.image_positions.shape == (1, 4, 32) and float(model.model.image_positions.grad.abs().sum()) > 0
     decay, no_decay = model.optimizer_groups(0.1)
-    assert any(p is model.model.fusion[0].cross_attn.null_kv for p in no_decay["params"])
+    for learnt_token in (model.model.fusion[0].cross_attn.null_kv, model.model.image_positions):
+        assert any(p is learnt_token for p in no_decay["params"])
     model.eval().save_pretrained(tmp_path)
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
     assert reloaded.config.vision["token_reduction"] == 16 and reloaded.config.fusion_null_slot
+    assert reloaded.config.fusion_image_positions
     torch.testing.assert_close(model(ids, pixels, mask).logits, reloaded(ids, pixels, mask).logits, rtol=0, atol=0)
     kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
     assert torch.equal(model.generate(pixels, **kwargs), model.generate(pixels, use_cache=False, **kwargs))
@@ -177,3 +180,23 @@ def test_token_reduction_is_for_cnns_only():
     config.vision["token_reduction"] = 16
     with pytest.raises(ValueError, match="token_reduction needs a CNN"):
         MedVLMForConditionalGeneration(MedVLMConfig(**config.to_dict()))
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    text = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # no dropout: runs comparable
+    pixels, ids, mask, labels = batch()
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = MedVLMForConditionalGeneration(tiny_config(text=text)).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert all(block.gradient_checkpointing for block in model.model.fusion)
+            assert model.model.vision.backbone.grad_checkpointing
+        loss = model(ids, pixels, mask, labels=labels).loss
+        loss.backward()
+        grads.append((loss.detach(), [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for plain, recomputed in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(plain, recomputed, rtol=1e-4, atol=1e-6)

@@ -58,3 +58,12 @@ def test_write_results_without_baselines_or_intervals(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| BLEU-4 | 0.2000 |" in md and "Baselines" not in md
     assert any(p.endswith("metrics.png") for p in paths)
+
+
+def test_vqa_results_are_judged_on_vqa_accuracy_not_on_report_metrics():
+    from medvlm.results import results_markdown
+
+    text = results_markdown({"vqa_overall_acc": 0.9, "vqa_closed_acc": 0.93,
+                             "baselines.majority.vqa_overall_acc": 0.45, "baselines.majority.vqa_closed_acc": 0.49})
+    assert "beats it on vqa_overall_acc (0.9000 vs 0.4500" in text and "beats it on vqa_closed_acc" in text
+    assert "BLEU-4" not in text

@@ -75,3 +75,22 @@ def test_prepare_then_train_from_the_cache(tmp_path):
                                       f"data.cache_dir={cache}", "train.max_steps=1", "train.eval_every=0",
                                       "train.save_every=0", *TINY]) == 0
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_training_with_gradient_checkpointing(tmp_path):
+    out = tmp_path / "run"
+    assert load_script("train").main(
+        ["--config", str(ROOT / "configs/demo.yaml"), f"train.output_dir={out}", "train.max_steps=1",
+         "train.eval_every=0", "train.save_every=0", "train.gradient_checkpointing=true", *TINY]) == 0
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_training_with_torch_compile_saves_plain_weights(tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "run"
+    assert load_script("train").main(
+        ["--config", str(ROOT / "configs/demo.yaml"), f"train.output_dir={out}", "train.max_steps=2",
+         "train.eval_every=0", "train.save_every=0", "train.compile=true", *TINY]) == 0
+    with safe_open(str(out / "final" / "model.safetensors"), "pt") as weights:
+        assert not [key for key in weights.keys() if "_orig_mod" in key]  # the compiled wrapper is not saved

@@ -35,6 +35,9 @@ class MedVLMConfig(PreTrainedConfig):
     fusion_null_slot (`bool`): give cross-attention one learnt key/value besides the image
         patches, so a query with nothing to look at attends there instead of piling its
         attention on an arbitrary background patch (which would make the maps meaningless).
+    fusion_image_positions (`bool`): add a learnt position embedding to the image tokens that
+        cross-attention reads (CNN tokens carry no explicit position; ViT tokens already do), so
+        where a finding is can be read from where attention goes.
     embed_dim (`int`): width of the shared image-text contrastive embedding.
     init_temperature (`float`): initial contrastive temperature; the learnt logit scale is
         clamped to at most `max_logit_scale`.
@@ -50,6 +53,7 @@ class MedVLMConfig(PreTrainedConfig):
     fusion_heads: int = 4
     fusion_mlp_ratio: float = 4.0
     fusion_null_slot: bool = False
+    fusion_image_positions: bool = False
     dropout: float = 0.0
     embed_dim: int = 256
     init_temperature: float = 0.07

@@ -144,10 +144,11 @@ class MedVLMPreTrainedModel(PreTrainedModel):
                 module.backbone.set_grad_checkpointing(enable)
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW parameter groups: weight matrices decay; biases, norms, scales, other 1-d tensors
-        and the cross-attention null slots (learnt tokens, not maps) do not."""
+        """AdamW parameter groups: weight matrices decay; biases, norms, scales, other 1-d tensors,
+        the cross-attention null slots and the image position embeddings (learnt tokens, not maps)
+        do not."""
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        decays = {n: p.ndim >= 2 and not n.endswith("null_kv") for n, p in named}
+        decays = {n: p.ndim >= 2 and not n.endswith(("null_kv", "image_positions")) for n, p in named}
         return [
             {"params": [p for n, p in named if decays[n]], "weight_decay": weight_decay},
             {"params": [p for n, p in named if not decays[n]], "weight_decay": 0.0},
@@ -171,6 +172,8 @@ class MedVLMPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, MedVLMModel):
             init.constant_(module.logit_scale, math.log(1.0 / self.config.init_temperature))
+            if module.image_positions is not None:
+                init.normal_(module.image_positions, std=self.config.initializer_range)
         elif isinstance(module, CrossAttention) and module.null_kv is not None:
             init.zeros_(module.null_kv)  # a zero key scores 0 against every query at the start
 
@@ -184,6 +187,10 @@ class MedVLMModel(MedVLMPreTrainedModel):
         self.text = TextTower(config.text)
         width = self.text.hidden_size
         self.image_to_fusion = nn.Linear(self.vision.token_features, width)
+        self.image_positions = None  # (1, N, width): where each image token sits, seen by cross-attention
+        if config.fusion_image_positions:
+            rows, cols = self.vision.token_grid(v["img_size"])
+            self.image_positions = nn.Parameter(torch.zeros(1, rows * cols, width))
         self.fusion = nn.ModuleList(
             FusionBlock(width, config.fusion_heads, config.fusion_mlp_ratio, config.dropout,
                         layer_idx=self.text.num_layers + i, null_slot=config.fusion_null_slot)
@@ -208,7 +215,10 @@ class MedVLMModel(MedVLMPreTrainedModel):
     def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> fusion-width patch tokens (B, N, D) and the normalised image embedding (B, E)."""
         tokens, pooled = self.vision(pixel_values)  # (B, N, Dv), (B, Dv)
-        return self.image_to_fusion(tokens), F.normalize(self.image_projection(pooled), dim=-1)
+        tokens = self.image_to_fusion(tokens)  # (B, N, D)
+        if self.image_positions is not None:
+            tokens = tokens + self.image_positions
+        return tokens, F.normalize(self.image_projection(pooled), dim=-1)
 
     def image_keys_values(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """Cross-attention keys/values of every fusion layer, computed once per image:

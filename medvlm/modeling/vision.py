@@ -1,5 +1,6 @@
 """timm adapter: pixels -> patch tokens and a pooled image embedding."""
 
+import math
 from pathlib import Path
 
 import torch
@@ -54,6 +55,14 @@ class VisionTower(nn.Module):
         self.token_stage = self._token_stage(model_name, token_reduction)  # None: the last stage
         self.token_features = (self.backbone.feature_info[self.token_stage]["num_chs"]
                                if self.token_stage is not None else self.num_features)  # width of a token
+
+    def token_grid(self, img_size: int) -> tuple[int, int]:
+        """(rows, columns) of the patch tokens for a square `img_size` input."""
+        if self.num_prefix_tokens or hasattr(self.backbone, "patch_embed"):
+            return tuple(self.backbone.patch_embed.grid_size)
+        stage = self.token_stage if self.token_stage is not None else -1
+        side = math.ceil(img_size / self.backbone.feature_info[stage]["reduction"])
+        return side, side
 
     def _token_stage(self, model_name: str, token_reduction: int | None) -> int | None:
         if token_reduction is None:
