@@ -68,6 +68,7 @@ def model_config(cfg: RunConfig, tokenizer) -> MedVLMConfig:
         fusion_mlp_ratio=m.fusion_mlp_ratio,
         fusion_null_slot=m.fusion_null_slot,
         fusion_image_positions=m.fusion_image_positions,
+        fusion_qk_norm=m.fusion_qk_norm,
         dropout=m.dropout,
         embed_dim=m.embed_dim,
         init_temperature=m.init_temperature,

@@ -141,9 +141,10 @@ def test_cross_attention_maps_are_the_attention_the_model_uses():
         cross_attention_maps(model, pixels, ids, layers=[5])
 
 
-def test_attention_maps_leave_out_the_null_slot():
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_attention_maps_leave_out_the_null_slot(qk_norm):
     torch.manual_seed(0)
-    model = MedVLMForConditionalGeneration(tiny_config(fusion_null_slot=True)).eval()
+    model = MedVLMForConditionalGeneration(tiny_config(fusion_null_slot=True, fusion_qk_norm=qk_norm)).eval()
     pixels, ids = torch.randn(2, 1, 32, 32), torch.randint(3, 60, (2, 7))
     maps = cross_attention_maps(model, pixels, ids)
     assert maps.shape == (2, 7, 2, 2)  # patches only

@@ -142,7 +142,7 @@ def test_optimizer_groups_exclude_biases_and_norms_from_decay():
     assert sum(map(len, (decay["params"], no_decay["params"]))) == len(list(model.parameters()))
 
 
-SPATIAL = dict(vision="regnetx_002", fusion_null_slot=True, fusion_image_positions=True)
+SPATIAL = dict(vision="regnetx_002", fusion_null_slot=True, fusion_image_positions=True, fusion_qk_norm=True)
 
 
 def spatial_config():
@@ -162,9 +162,11 @@ def test_cnn_tokens_from_a_finer_stage_and_the_null_slot_train_and_reload(tmp_pa
     out = model(ids, pixels, mask, labels=labels)
     out.loss.backward()
     assert all(float(block.cross_attn.null_kv.grad.abs().sum()) > 0 for block in model.model.fusion)
+    assert all(float(block.cross_attn.log_scale.grad.abs().sum()) > 0 for block in model.model.fusion)
     assert model.model.image_positions.shape == (1, 4, 32) and float(model.model.image_positions.grad.abs().sum()) > 0
     decay, no_decay = model.optimizer_groups(0.1)
-    for learnt_token in (model.model.fusion[0].cross_attn.null_kv, model.model.image_positions):
+    cross = model.model.fusion[0].cross_attn
+    for learnt_token in (cross.null_kv, cross.log_scale, model.model.image_positions):
         assert any(p is learnt_token for p in no_decay["params"])
     model.eval().save_pretrained(tmp_path)
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()

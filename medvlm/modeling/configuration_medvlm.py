@@ -38,6 +38,8 @@ class MedVLMConfig(PreTrainedConfig):
     fusion_image_positions (`bool`): add a learnt position embedding to the image tokens that
         cross-attention reads (CNN tokens carry no explicit position; ViT tokens already do), so
         where a finding is can be read from where attention goes.
+    fusion_qk_norm (`bool`): cross-attention scores as cosine(query, key) times a learnt per-head
+        scale (starting at 10) instead of scaled dot products.
     embed_dim (`int`): width of the shared image-text contrastive embedding.
     init_temperature (`float`): initial contrastive temperature; the learnt logit scale is
         clamped to at most `max_logit_scale`.
@@ -54,6 +56,7 @@ class MedVLMConfig(PreTrainedConfig):
     fusion_mlp_ratio: float = 4.0
     fusion_null_slot: bool = False
     fusion_image_positions: bool = False
+    fusion_qk_norm: bool = False
     dropout: float = 0.0
     embed_dim: int = 256
     init_temperature: float = 0.07

@@ -144,11 +144,11 @@ class MedVLMPreTrainedModel(PreTrainedModel):
                 module.backbone.set_grad_checkpointing(enable)
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW parameter groups: weight matrices decay; biases, norms, scales, other 1-d tensors,
-        the cross-attention null slots and the image position embeddings (learnt tokens, not maps)
-        do not."""
+        """AdamW parameter groups: weight matrices decay; biases, norms, scales (including the
+        cross-attention score scales), other 1-d tensors, the cross-attention null slots and the
+        image position embeddings (learnt tokens, not maps) do not."""
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        decays = {n: p.ndim >= 2 and not n.endswith(("null_kv", "image_positions")) for n, p in named}
+        decays = {n: p.ndim >= 2 and not n.endswith(("null_kv", "image_positions", "log_scale")) for n, p in named}
         return [
             {"params": [p for n, p in named if decays[n]], "weight_decay": weight_decay},
             {"params": [p for n, p in named if not decays[n]], "weight_decay": 0.0},
@@ -174,8 +174,11 @@ class MedVLMPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, math.log(1.0 / self.config.init_temperature))
             if module.image_positions is not None:
                 init.normal_(module.image_positions, std=self.config.initializer_range)
-        elif isinstance(module, CrossAttention) and module.null_kv is not None:
-            init.zeros_(module.null_kv)  # a zero key scores 0 against every query at the start
+        elif isinstance(module, CrossAttention):
+            if module.null_kv is not None:
+                init.zeros_(module.null_kv)  # a zero key scores 0 against every query at the start
+            if module.log_scale is not None:
+                init.constant_(module.log_scale, math.log(CrossAttention.QK_NORM_SCALE))
 
 
 class MedVLMModel(MedVLMPreTrainedModel):
@@ -193,7 +196,8 @@ class MedVLMModel(MedVLMPreTrainedModel):
             self.image_positions = nn.Parameter(torch.zeros(1, rows * cols, width))
         self.fusion = nn.ModuleList(
             FusionBlock(width, config.fusion_heads, config.fusion_mlp_ratio, config.dropout,
-                        layer_idx=self.text.num_layers + i, null_slot=config.fusion_null_slot)
+                        layer_idx=self.text.num_layers + i, null_slot=config.fusion_null_slot,
+                        qk_norm=config.fusion_qk_norm)
             for i in range(config.fusion_layers)
         )
         self.ln_final = nn.LayerNorm(width)
