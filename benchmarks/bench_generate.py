@@ -86,9 +86,7 @@ def main(argv=None) -> dict:
     result = {"benchmark": "generate", "dims": common.dims_json(d), "machine": common.machine(args.threads)}
     torch.set_num_threads(args.threads)
 
-    names, skipped = common.available_models(args.models)
-    if "medvlm" in names:
-        names += [f"medvlm+{v}" for v in args.variants]
+    names, skipped = common.models_to_run(args)
     runners = {name: common.build(name, d) for name in names}
     models = {name: {"params": common.num_parameters(r.model), "notes": r.notes, "figures": {}}
               for name, r in runners.items()}

@@ -93,9 +93,7 @@ def main(argv=None) -> dict:
     result["matmul_fp32"] = common.matmul_rate(args.threads, n=256 if args.tiny else 2048)
     torch.set_num_threads(args.threads)
 
-    names, skipped = common.available_models(args.models)
-    if "medvlm" in names:
-        names += [f"medvlm+{v}" for v in args.variants]
+    names, skipped = common.models_to_run(args)
     batch = common.synthetic_batch(d)
     steps = {name: TrainStep(common.build(name, d), batch) for name in names}
     flops = {name: step.flops() for name, step in steps.items()}

@@ -191,6 +191,15 @@ class VisionEncoderDecoderRunner:
 RUNNERS = {r.name: r for r in (MedVLMRunner, CocaRunner, VisionEncoderDecoderRunner)}
 
 
+def models_to_run(args) -> tuple[list[str], dict[str, str]]:
+    """The requested models that can run (ours also with each `--variants` option), and the
+    skipped ones with the reason."""
+    names, skipped = available_models(args.models)
+    if "medvlm" in names:
+        names += [f"medvlm+{v}" for v in args.variants]
+    return names, skipped
+
+
 def available_models(requested: list[str]) -> tuple[list[str], dict[str, str]]:
     """The requested models whose packages import; the others with the reason."""
     skipped = {}
