@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
         child_memory(args)
         return {}
     d = args.dims
-    result = {"benchmark": "generate", "dims": common.dims_json(d), "machine": common.machine(args.threads)}
+    result = common.result_header("generate", args)
     torch.set_num_threads(args.threads)
 
     names, skipped = common.models_to_run(args)

@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
         child_memory(args)
         return {}
     d = args.dims
-    result = {"benchmark": "train_step", "dims": common.dims_json(d), "machine": common.machine(args.threads)}
+    result = common.result_header("train_step", args)
     result["matmul_fp32"] = common.matmul_rate(args.threads, n=256 if args.tiny else 2048)
     torch.set_num_threads(args.threads)
 

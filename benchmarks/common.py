@@ -272,6 +272,11 @@ def matmul_rate(threads: int, n: int = 2048, iters: int = 10) -> dict:
     return {"n": n, "threads": threads, "median_s": t["median_s"], "gflops": 2 * n**3 / t["median_s"] / 1e9}
 
 
+def result_header(benchmark: str, args) -> dict:
+    """The opening keys of a benchmark's JSON: what ran, at which dims, on which machine."""
+    return {"benchmark": benchmark, "dims": dims_json(args.dims), "machine": machine(args.threads)}
+
+
 def machine(threads: int) -> dict:
     return {
         "torch": torch.__version__,

@@ -105,10 +105,13 @@ def test_chunked_caption_loss_under_bf16_autocast_keeps_float32_gradients():
 
 
 def test_chunked_caption_loss_without_gradients_and_with_a_frozen_head():
+    from torch.utils.flop_counter import FlopCounterMode
+
     hidden, weight = torch.randn(2, 5, 8, requires_grad=True), torch.randn(20, 8)
     labels = torch.randint(0, 20, (2, 5))
-    with torch.no_grad():
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:  # evaluation: the logits matmul only
         assert torch.isfinite(caption_loss(hidden, weight, None, labels))
+    assert counter.get_total_flops() == 2 * (2 * 4) * 8 * 20
     caption_loss(hidden, weight, None, labels).backward()  # only the hidden states need a gradient
     assert hidden.grad is not None and weight.grad is None
 

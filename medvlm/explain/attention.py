@@ -97,12 +97,12 @@ def cross_attention_relevance(model, pixel_values: torch.Tensor, input_ids: torc
             logprobs = model(input_ids=input_ids, pixel_values=pixel_values).logits.float().log_softmax(-1)
             weights = [kept[i] for i in layer_ids]
             head_ids = _as_indices(heads, weights[0].shape[1], "heads")
+            patches = weights[0].shape[-1] - (blocks[layer_ids[0]].cross_attn.null_kv is not None)  # null slot last
             maps = []
             for group in targets:
                 rows = [p - 1 for p in group]
                 score = logprobs[0, rows, input_ids[0, group]].sum()
                 grads = torch.autograd.grad(score, weights, retain_graph=True)
-                patches = _grid_size(blocks[layer_ids[0]].cross_attn, weights[0].shape[-1])
                 relevance = torch.stack([(g * w).clamp(min=0)[0][head_ids][:, rows, :patches]
                                          for g, w in zip(grads, weights)])  # (layers, heads, rows, N)
                 maps.append(relevance.mean(dim=(0, 1, 2)).detach())
@@ -113,9 +113,12 @@ def cross_attention_relevance(model, pixel_values: torch.Tensor, input_ids: torc
     return _grid(torch.stack(maps)) if maps else torch.zeros(0)
 
 
-def _grid_size(cross_attn, keys: int) -> int:
-    """Image patches among `keys` cross-attention keys (the null slot, if any, is last)."""
-    return keys - (cross_attn.null_kv is not None)
+WEIGHTINGS = ("raw", "gradient")
+
+
+def check_weighting(weighting: str) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
 
 
 def _starts_word(piece: str, wordpiece: bool) -> bool:
@@ -162,8 +165,7 @@ def explain_generation(model, processor, image, question: str | None = None, lay
     """Generate a report (or, with `question`, a VQA answer) for one image and return
     {"text", "words": [(word, (h, w) map)], "pixels": (C, S, S) model input}; the maps are raw
     attention (`weighting="raw"`) or gradient-weighted (`"gradient"`, `cross_attention_relevance`)."""
-    if weighting not in ("raw", "gradient"):
-        raise ValueError(f"weighting must be 'raw' or 'gradient', got {weighting!r}")
+    check_weighting(weighting)
     device = next(model.parameters()).device
     pixels = processor.images([image]).to(device)  # (1, C, S, S)
     positions = getattr(model.model.text.model.config, "max_position_embeddings", None) or 10**9

@@ -84,7 +84,8 @@ def caption_loss(
     logits are in cache."""
     shifted_hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B*(T-1), D)
     shifted_labels = labels[:, 1:].reshape(-1)  # (B*(T-1),)
-    return LinearCrossEntropy.apply(shifted_hidden, head_weight, head_bias, shifted_labels, label_smoothing)
+    return LinearCrossEntropy.apply(shifted_hidden, head_weight, head_bias, shifted_labels, label_smoothing,
+                                    torch.is_grad_enabled())
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -98,11 +99,12 @@ class LinearCrossEntropy(torch.autograd.Function):
     CHUNK = 256  # rows per chunk: (256, 30522) float32 logits are 31 MB
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, label_smoothing):
-        # hidden (N, D), weight (V, D), bias (V,) or None, targets (N,)
+    def forward(ctx, hidden, weight, bias, targets, label_smoothing, grad_enabled):
+        # hidden (N, D), weight (V, D), bias (V,) or None, targets (N,); grad_enabled: the caller's
+        # grad mode (`needs_input_grad` ignores it, and evaluation must not pay for gradients)
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        need_hidden, need_weight, need_bias = (grad_enabled and need for need in ctx.needs_input_grad[:3])
         needs_grad = need_hidden or need_weight or need_bias
         kept = targets != IGNORE_INDEX
         count = kept.sum().clamp(min=1)
@@ -151,7 +153,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grads = tuple(None if g is None else g * grad_loss for g in ctx.saved_tensors)
-        return *grads, None, None
+        return *grads, None, None, None
 
 
 def weighted_total(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

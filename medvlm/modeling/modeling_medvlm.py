@@ -313,8 +313,9 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
     ) -> MedVLMOutput:
         """labels: (B, T) token ids with -100 at pads and prompt tokens; the shift to next-token
         targets happens inside `caption_loss`, nowhere else. With labels the caption loss never
-        forms the (B, T, V) logits, and `logits` is None unless `return_logits=True`. text_keys: (B,) ids equal for identical
-        report texts (see `contrastive_loss`); defaults to comparing the token ids."""
+        forms the (B, T, V) logits, and `logits` is None unless `return_logits=True`.
+        text_keys: (B,) ids equal for identical report texts (see `contrastive_loss`); defaults to
+        comparing the token ids."""
         out = self.model(input_ids, pixel_values, attention_mask, image_kv, cache, use_cache)
         hidden = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
         if return_logits is None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..explain.attention import cross_attention_maps, cross_attention_relevance, word_positions
+from ..explain.attention import check_weighting, cross_attention_maps, cross_attention_relevance, word_positions
 from ..explain.overlay import upsample
 from ..explain.targets import classifier_cams, default_layer, similarity_cams
 from ..metrics.localization import localization_scores
@@ -102,8 +102,7 @@ def attention_localization(model, processor, studies, layers=None, heads=None, w
     """Cross-attention maps of the words naming each finding in the teacher-forced reference report:
     raw attention averaged over layers and heads (`weighting="raw"`), or gradient-weighted
     (`"gradient"`, see `cross_attention_relevance`)."""
-    if weighting not in ("raw", "gradient"):
-        raise ValueError(f"weighting must be 'raw' or 'gradient', got {weighting!r}")
+    check_weighting(weighting)
     device = next(model.parameters()).device
     maps, masks, kinds = [], [], []
     for study in studies:
