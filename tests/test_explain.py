@@ -221,3 +221,18 @@ def test_localization_scoring_runs_on_synthetic_studies(pretrained):  # noqa: F8
     assert attention["explain_num_maps"] > 0 and 0 <= attention["explain_pointing_game"] <= 1
     assert 0 <= gradcam["explain_gradcam_iou"] <= 1
     assert attention["explain_tolerance_px"] == 2  # 15/224 of 32 px
+
+
+def test_a_finding_phrase_runs_from_its_first_sentence_start_through_the_name():
+    from medvlm.tasks.localization import attention_localization, finding_positions
+
+    words = [("findings:", [1]), ("mild", [2]), ("pulmonary", [3, 4]), ("edema.", [5, 6]),
+             ("no", [7]), ("effusion.", [8]), ("impression:", [9]), ("mild", [10]), ("edema.", [11])]
+    keywords = ("edema",)
+    assert finding_positions(words, keywords, "phrase") == [2, 3, 4, 5, 6]
+    assert finding_positions(words, keywords, "keyword") == [5, 6, 11]
+    assert finding_positions(words, ("effusion",), "phrase") == [7, 8]
+    assert finding_positions([("edema", [1]), ("here", [2])], keywords, "phrase") == [1]  # first word
+    assert finding_positions(words, ("nodule",), "phrase") == []
+    with pytest.raises(ValueError, match="rows must be one of"):
+        attention_localization(None, None, [], rows="sentence")

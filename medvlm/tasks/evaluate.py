@@ -4,8 +4,9 @@
   game / IoU.
 - VQA data (records with questions): closed/open accuracy and open F1 beside majority baselines.
 - Report model: report generation (medvlm.evaluation), plus retrieval R@K, zero-shot AUROC and,
-  on synthetic data, localisation of cross-attention (raw, `explain_*`; gradient-weighted,
-  `explain_attngrad_*`) and of Grad-CAM / HiResCAM of the zero-shot score (`explain_gradcam_*`,
+  on synthetic data, localisation of cross-attention over each finding's phrase (raw,
+  `explain_*`; gradient-weighted, `explain_attngrad_*`; raw over the naming words alone,
+  `explain_keyword_*`) and of Grad-CAM / HiResCAM of the zero-shot score (`explain_gradcam_*`,
   `explain_hirescam_*`).
 """
 
@@ -78,6 +79,8 @@ def evaluate_checkpoint(model, processor, cfg: RunConfig, test_records, train_re
         studies = _explain_studies(cfg, processor)
         if studies:
             metrics.update(attention_localization(model, processor, studies))
+            metrics.update(attention_localization(model, processor, studies, rows="keyword",
+                                                  prefix="explain_keyword"))
             metrics.update(attention_localization(model, processor, studies, weighting="gradient",
                                                   prefix="explain_attngrad"))
             metrics.update(vlm_gradcam_localization(model, processor, studies))

@@ -2,8 +2,12 @@
 
 For each test study with findings and each kind of finding in it (both sides of an effusion
 or a pneumothorax, and all devices, count as one kind with the union of their masks):
-- cross-attention (VLM): the reference report is teacher-forced and the maps of the words that
-  name the finding (`KINDS[kind].keywords`) are averaged;
+- cross-attention (VLM): the reference report is teacher-forced and the maps of the words of the
+  finding's phrase are averaged: its first sentence that names it (`KINDS[kind].keywords`), from
+  the sentence start through the name (`rows="phrase"`). The map of a word is the attention of
+  the position that predicted it, and a finding's name is mostly settled by the words before it
+  ("Mild pulmonary" -> "edema"); the image is read where the sentence commits to the finding,
+  from its first word on. `rows="keyword"`: the maps of the naming words alone, every mention;
 - Grad-CAM (VLM): of the zero-shot score of the finding's observation (similarity to its
   positive prompts minus similarity to its negative prompts);
 - Grad-CAM (CheXNet): of the observation's logit.
@@ -97,12 +101,36 @@ def _scores(maps, masks, kinds, tolerance: int, prefix: str) -> dict:
     return out
 
 
+ROWS = ("phrase", "keyword")
+
+
+def _ends_sentence(word: str) -> bool:
+    return word.endswith((".", ":"))
+
+
+def finding_positions(words: list[tuple[str, list[int]]], keywords: tuple[str, ...], rows: str) -> list[int]:
+    """Token positions whose maps stand for a finding (see the module docstring): `rows="phrase"`,
+    the first sentence naming it, from its start through the name; `"keyword"`, every naming word.
+    words: `word_positions` of the report. [] when the report does not name the finding."""
+    named = [i for i, (word, _) in enumerate(words) if _word(word) in keywords]
+    if not named:
+        return []
+    if rows == "keyword":
+        return [p for i in named for p in words[i][1]]
+    start = named[0]
+    while start > 0 and not _ends_sentence(words[start - 1][0]):
+        start -= 1
+    return [p for _, positions in words[start:named[0] + 1] for p in positions]
+
+
 def attention_localization(model, processor, studies, layers=None, heads=None, weighting: str = "raw",
-                           prefix: str = "explain") -> dict:
-    """Cross-attention maps of the words naming each finding in the teacher-forced reference report:
-    raw attention averaged over layers and heads (`weighting="raw"`), or gradient-weighted
-    (`"gradient"`, see `cross_attention_relevance`)."""
+                           rows: str = "phrase", prefix: str = "explain") -> dict:
+    """Cross-attention maps of each finding's phrase (or naming words, `rows`) in the
+    teacher-forced reference report: raw attention averaged over layers and heads
+    (`weighting="raw"`), or gradient-weighted (`"gradient"`, see `cross_attention_relevance`)."""
     check_weighting(weighting)
+    if rows not in ROWS:
+        raise ValueError(f"rows must be one of {ROWS}, got {rows!r}")
     device = next(model.parameters()).device
     maps, masks, kinds = [], [], []
     for study in studies:
@@ -112,7 +140,7 @@ def attention_localization(model, processor, studies, layers=None, heads=None, w
         words = word_positions(processor.tokenizer, ids[0].cpu(), start=1)
         targets = []
         for kind, mask in finding_targets(study):
-            positions = [p for w, ps in words if _word(w) in KINDS[kind].keywords for p in ps]
+            positions = finding_positions(words, KINDS[kind].keywords, rows)
             if positions:
                 targets.append((kind, mask, positions))
         if not targets:
