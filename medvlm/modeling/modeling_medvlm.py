@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from .configuration_medvlm import MedVLMConfig
 from .fusion import CrossAttention, FusionBlock, decoder_attention_mask
 from .losses import (
+    attention_entropy_loss,
     caption_loss,
     contrastive_loss,
     gather_with_local_grad,
@@ -98,19 +99,23 @@ class MedVLMModelOutput(ModelOutput):
     image_embeds: (B, E) L2-normalised image embedding (None when image keys/values were given).
     text_embeds: (B, E) L2-normalised text embedding, pooled at the last real token.
     cache: key/value cache of every decoder layer (text tower layers first, then fusion layers).
+    cross_attentions: per fusion layer, (B, heads, T, N [+ null]) cross-attention weights (only
+        with `output_cross_attentions=True`).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
     cache: Cache | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
 class MedVLMOutput(ModelOutput):
     """
     loss: weighted total of the parts below (present when `labels` are given).
-    contrastive_loss, caption_loss: the named parts, unweighted.
+    contrastive_loss, caption_loss, attention_entropy_loss: the named parts, unweighted (the
+        last only when `config.attention_entropy_weight > 0`).
     logits: (B, T, V) next-token scores (None when labels were given, unless return_logits=True).
     image_embeds, text_embeds: (B, E) L2-normalised embeddings; logit_scale: scalar, clamped.
     """
@@ -118,6 +123,7 @@ class MedVLMOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     contrastive_loss: torch.FloatTensor | None = None
     caption_loss: torch.FloatTensor | None = None
+    attention_entropy_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
@@ -251,6 +257,7 @@ class MedVLMModel(MedVLMPreTrainedModel):
         image_kv: torch.Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
+        output_cross_attentions: bool = False,
         **kwargs,
     ) -> MedVLMModelOutput:
         image_embeds = None
@@ -270,11 +277,16 @@ class MedVLMModel(MedVLMPreTrainedModel):
         text_states = self.text(input_ids, attention_mask, cache, position_ids)  # (B, T, D)
         text_embeds = self.pool_text(text_states, attention_mask) if past_len == 0 else None
         mask = decoder_attention_mask(attention_mask, T, past_len)
-        x = text_states
+        x, cross_attentions = text_states, []
         for i, block in enumerate(self.fusion):
-            x = block(x, image_kv[:, i].transpose(0, 1), mask, cache=cache)
+            if output_cross_attentions:
+                x, weights = block(x, image_kv[:, i].transpose(0, 1), mask, cache=cache, need_weights=True)
+                cross_attentions.append(weights)
+            else:
+                x = block(x, image_kv[:, i].transpose(0, 1), mask, cache=cache)
         return MedVLMModelOutput(
-            last_hidden_state=self.ln_final(x), image_embeds=image_embeds, text_embeds=text_embeds, cache=cache
+            last_hidden_state=self.ln_final(x), image_embeds=image_embeds, text_embeds=text_embeds, cache=cache,
+            cross_attentions=tuple(cross_attentions) if output_cross_attentions else None,
         )
 
 
@@ -316,7 +328,9 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         forms the (B, T, V) logits, and `logits` is None unless `return_logits=True`.
         text_keys: (B,) ids equal for identical report texts (see `contrastive_loss`); defaults to
         comparing the token ids."""
-        out = self.model(input_ids, pixel_values, attention_mask, image_kv, cache, use_cache)
+        entropy_weight = self.config.attention_entropy_weight if labels is not None else 0.0
+        out = self.model(input_ids, pixel_values, attention_mask, image_kv, cache, use_cache,
+                         output_cross_attentions=entropy_weight > 0)
         hidden = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
         if return_logits is None:
             return_logits = labels is None
@@ -334,11 +348,15 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
                     logit_scale,
                     gather_with_local_grad(keys),
                 ))
-        weights = {"caption_loss": self.config.caption_weight, "contrastive_loss": self.config.contrastive_weight}
+            if entropy_weight > 0:
+                parts["attention_entropy_loss"] = attention_entropy_loss(list(out.cross_attentions), attention_mask)
+        weights = {"caption_loss": self.config.caption_weight, "contrastive_loss": self.config.contrastive_weight,
+                   "attention_entropy_loss": entropy_weight}
         return MedVLMOutput(
             loss=weighted_total(parts, weights) if parts else None,
             contrastive_loss=parts.get("contrastive_loss"),
             caption_loss=parts.get("caption_loss"),
+            attention_entropy_loss=parts.get("attention_entropy_loss"),
             logits=logits,
             image_embeds=out.image_embeds,
             text_embeds=out.text_embeds,
