@@ -31,7 +31,6 @@ class ModelConfig:
     fusion_null_slot: bool = False  # a learnt "nothing here" key/value in cross-attention (see MedVLMConfig)
     fusion_image_positions: bool = False  # a learnt position embedding on the image tokens (CNN towers)
     fusion_qk_norm: bool = False  # cross-attention scores = cosine x learnt scale (see MedVLMConfig)
-    attention_entropy_weight: float = 0.0  # > 0: cross-attention looks at few patches (see MedVLMConfig)
     dropout: float = 0.0
     embed_dim: int = 256
     init_temperature: float = 0.07

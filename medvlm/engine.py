@@ -30,7 +30,7 @@ CHECKPOINTS = "checkpoints"
 COMPLETE_MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 TRAINABLE_FILE = "trainable.safetensors"
-LOSS_KEYS = ("loss", "caption_loss", "contrastive_loss", "attention_entropy_loss")
+LOSS_KEYS = ("loss", "caption_loss", "contrastive_loss")
 
 
 @dataclass
@@ -457,7 +457,7 @@ def plot_loss_curve(metrics_file: Path, out_png: Path) -> None:
 
     rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key in (*LOSS_KEYS, "val_loss"):
+    for key in ("loss", "caption_loss", "contrastive_loss", "val_loss"):
         points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
         if points:
             ax.plot(*zip(*points), label=key, marker="o" if key == "val_loss" else None)

@@ -69,7 +69,6 @@ def model_config(cfg: RunConfig, tokenizer) -> MedVLMConfig:
         fusion_null_slot=m.fusion_null_slot,
         fusion_image_positions=m.fusion_image_positions,
         fusion_qk_norm=m.fusion_qk_norm,
-        attention_entropy_weight=m.attention_entropy_weight,
         dropout=m.dropout,
         embed_dim=m.embed_dim,
         init_temperature=m.init_temperature,

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from medvlm.modeling.losses import (
-    LinearCrossEntropy, attention_entropy_loss, caption_loss, contrastive_loss, same_text_matrix, weighted_total,
+    LinearCrossEntropy, caption_loss, contrastive_loss, same_text_matrix, weighted_total,
 )
 
 
@@ -119,16 +119,3 @@ def test_chunked_caption_loss_without_gradients_and_with_a_frozen_head():
 def test_weighted_total():
     parts = {"caption_loss": torch.tensor(2.0), "contrastive_loss": torch.tensor(3.0)}
     assert float(weighted_total(parts, {"caption_loss": 0.5, "contrastive_loss": 2.0})) == 7.0
-
-
-def test_attention_entropy_is_one_for_uniform_rows_zero_for_one_hot_and_skips_masked_rows():
-    uniform = torch.full((2, 3, 4, 5), 1 / 5)  # (B, heads, T, N)
-    one_hot = F.one_hot(torch.zeros(2, 3, 4, dtype=torch.long), 5).float()
-    torch.testing.assert_close(attention_entropy_loss([uniform, uniform]), torch.tensor(1.0))
-    torch.testing.assert_close(attention_entropy_loss([one_hot]), torch.tensor(0.0))
-    half = torch.tensor([0.5, 0.5, 0.0, 0.0, 0.0]).expand(2, 3, 4, 5)
-    torch.testing.assert_close(attention_entropy_loss([half]), torch.tensor(math.log(2) / math.log(5)))
-    mixed = torch.cat([uniform[:, :, :2], one_hot[:, :, 2:]], dim=2)  # rows 0-1 uniform, 2-3 one-hot
-    rows = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])
-    torch.testing.assert_close(attention_entropy_loss([mixed], rows), torch.tensor(1.0))
-    torch.testing.assert_close(attention_entropy_loss([mixed], 1 - rows), torch.tensor(1 / 5))

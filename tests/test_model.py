@@ -177,27 +177,6 @@ def test_cnn_tokens_from_a_finer_stage_and_the_null_slot_train_and_reload(tmp_pa
     assert torch.equal(model.generate(pixels, **kwargs), model.generate(pixels, use_cache=False, **kwargs))
 
 
-def test_attention_entropy_loss_trains_through_explicit_weights_equal_to_sdpa():
-    torch.manual_seed(0)
-    config = spatial_config()
-    model = MedVLMForConditionalGeneration(config).eval()
-    pixels, ids, mask, labels = batch()
-    plain = model(ids, pixels, mask, labels=labels)
-    assert plain.attention_entropy_loss is None
-    watched = model.model(ids, pixels, mask, output_cross_attentions=True)
-    assert len(watched.cross_attentions) == config.fusion_layers
-    assert watched.cross_attentions[0].shape == (3, config.fusion_heads, ids.shape[1], 4 + 1)  # patches + null
-    torch.testing.assert_close(watched.last_hidden_state, model.model(ids, pixels, mask).last_hidden_state)
-
-    config.attention_entropy_weight = 0.5
-    out = model(ids, pixels, mask, labels=labels)
-    assert 0 < out.attention_entropy_loss.item() <= 1
-    torch.testing.assert_close(out.loss, plain.loss + 0.5 * out.attention_entropy_loss)
-    out.attention_entropy_loss.backward()
-    assert float(model.model.fusion[0].cross_attn.q.weight.grad.abs().sum()) > 0
-    assert float(model.model.fusion[0].cross_attn.null_kv.grad.abs().sum()) > 0
-
-
 def test_token_reduction_is_for_cnns_only():
     config = tiny_config()
     config.vision["token_reduction"] = 16

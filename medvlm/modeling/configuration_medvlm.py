@@ -40,9 +40,6 @@ class MedVLMConfig(PreTrainedConfig):
         where a finding is can be read from where attention goes.
     fusion_qk_norm (`bool`): cross-attention scores as cosine(query, key) times a learnt per-head
         scale (starting at 10) instead of scaled dot products.
-    attention_entropy_weight (`float`): weight of `attention_entropy_loss` (0: off), which makes
-        each text position's cross-attention look at few patches or, with `fusion_null_slot`, at
-        none, so the maps show where the evidence was read.
     embed_dim (`int`): width of the shared image-text contrastive embedding.
     init_temperature (`float`): initial contrastive temperature; the learnt logit scale is
         clamped to at most `max_logit_scale`.
@@ -60,7 +57,6 @@ class MedVLMConfig(PreTrainedConfig):
     fusion_null_slot: bool = False
     fusion_image_positions: bool = False
     fusion_qk_norm: bool = False
-    attention_entropy_weight: float = 0.0
     dropout: float = 0.0
     embed_dim: int = 256
     init_temperature: float = 0.07

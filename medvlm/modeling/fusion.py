@@ -103,15 +103,8 @@ class CrossAttention(nn.Module):
             kv = torch.stack([F.normalize(kv[0], dim=-1), kv[1]])  # unit keys, once per image
         return kv
 
-    def forward(self, x: torch.Tensor, image_kv: torch.Tensor,
-                need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, D) output; with `need_weights` also the softmax weights (B, heads, T, N [+ null]),
-        computed explicitly (differentiable) instead of through SDPA."""
+    def forward(self, x: torch.Tensor, image_kv: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
-        if need_weights:
-            weights = self.attention_weights(x, image_kv, with_null=True)  # (B, heads, T, N [+ 1])
-            y = F.dropout(weights, self.dropout, self.training) @ image_kv[1]  # (B, heads, T, head_dim)
-            return self.proj(y.transpose(1, 2).reshape(B, T, D)), weights
         q = self._queries(x)  # (B, heads, T, hd)
         y = F.scaled_dot_product_attention(
             q, image_kv[0], image_kv[1], dropout_p=self.dropout if self.training else 0.0,
@@ -122,8 +115,7 @@ class CrossAttention(nn.Module):
     def attention_weights(self, x: torch.Tensor, image_kv: torch.Tensor, with_null: bool = False) -> torch.Tensor:
         """Softmax attention of each text position over image patches: (B, heads, T, N), the
         null slot's share left out (rows then sum to at most 1) unless `with_null`.
-        Used by explainability and by the attention-entropy loss; otherwise training and
-        generation go through SDPA."""
+        Used by explainability only; training and generation go through SDPA."""
         q = self._queries(x)  # (B, heads, T, hd)
         scores = q @ image_kv[0].transpose(-1, -2) * self._score_scale(q.shape[-1])
         weights = scores.softmax(dim=-1)  # (B, heads, T, N [+ 1])
@@ -161,13 +153,7 @@ class FusionBlock(GradientCheckpointingLayer):
         image_kv: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
-        need_weights: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, D); with `need_weights` also the cross-attention weights (B, heads, T, N [+ null])."""
+    ) -> torch.Tensor:
         x = x + self.self_attn(self.ln_self(x), attn_mask, cache)
-        if need_weights:
-            y, weights = self.cross_attn(self.ln_cross(x), image_kv, need_weights=True)
-            x = x + y
-            return x + self.mlp(self.ln_mlp(x)), weights
         x = x + self.cross_attn(self.ln_cross(x), image_kv)
         return x + self.mlp(self.ln_mlp(x))

@@ -1,7 +1,4 @@
-"""The training losses as plain functions (contrastive, caption, and the optional attention
-entropy); the model's total is their weighted sum."""
-
-import math
+"""The two training losses as plain functions; the model's total is their weighted sum."""
 
 import torch
 import torch.distributed as dist
@@ -157,25 +154,6 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grads = tuple(None if g is None else g * grad_loss for g in ctx.saved_tensors)
         return *grads, None, None, None
-
-
-def attention_entropy_loss(weights: list[torch.Tensor], row_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean entropy of the cross-attention rows as a fraction of its maximum, log(keys): 1 for
-    uniform attention, 0 for attention on one key (a patch, or the null slot).
-
-    Averaging over patches is enough to write most of a templated report, so without pressure
-    the maps stay nearly flat and say little about where the evidence is; this term makes each
-    text position look at few patches (or at "nothing in the image"), chosen by the caption loss.
-    weights: per fusion layer (B, heads, T, N) softmax rows; row_mask: (B, T), 1 for rows that
-    count (real tokens), None: all.
-    """
-    keys = weights[0].shape[-1]
-    per_row = torch.stack([-(w * w.clamp_min(1e-12).log()).sum(-1).float().mean(1) for w in weights]).mean(0)  # (B, T)
-    per_row = per_row / math.log(keys)
-    if row_mask is None:
-        return per_row.mean()
-    row_mask = row_mask.to(per_row.dtype)
-    return (per_row * row_mask).sum() / row_mask.sum().clamp_min(1)
 
 
 def weighted_total(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

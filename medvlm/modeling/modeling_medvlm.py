@@ -20,7 +20,6 @@ from torch.utils.checkpoint import checkpoint
 from .configuration_medvlm import MedVLMConfig
 from .fusion import CrossAttention, FusionBlock, decoder_attention_mask
 from .losses import (
-    attention_entropy_loss,
     caption_loss,
     contrastive_loss,
     gather_with_local_grad,
@@ -99,23 +98,19 @@ class MedVLMModelOutput(ModelOutput):
     image_embeds: (B, E) L2-normalised image embedding (None when image keys/values were given).
     text_embeds: (B, E) L2-normalised text embedding, pooled at the last real token.
     cache: key/value cache of every decoder layer (text tower layers first, then fusion layers).
-    cross_attentions: per fusion layer, (B, heads, T, N [+ null]) cross-attention weights (only
-        with `output_cross_attentions=True`).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
     cache: Cache | None = None
-    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
 class MedVLMOutput(ModelOutput):
     """
     loss: weighted total of the parts below (present when `labels` are given).
-    contrastive_loss, caption_loss, attention_entropy_loss: the named parts, unweighted (the
-        last only when `config.attention_entropy_weight > 0`).
+    contrastive_loss, caption_loss: the named parts, unweighted.
     logits: (B, T, V) next-token scores (None when labels were given, unless return_logits=True).
     image_embeds, text_embeds: (B, E) L2-normalised embeddings; logit_scale: scalar, clamped.
     """
@@ -123,7 +118,6 @@ class MedVLMOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     contrastive_loss: torch.FloatTensor | None = None
     caption_loss: torch.FloatTensor | None = None
-    attention_entropy_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
@@ -257,7 +251,6 @@ class MedVLMModel(MedVLMPreTrainedModel):
         image_kv: torch.Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
-        output_cross_attentions: bool = False,
         **kwargs,
     ) -> MedVLMModelOutput:
         image_embeds = None
@@ -277,16 +270,11 @@ class MedVLMModel(MedVLMPreTrainedModel):
         text_states = self.text(input_ids, attention_mask, cache, position_ids)  # (B, T, D)
         text_embeds = self.pool_text(text_states, attention_mask) if past_len == 0 else None
         mask = decoder_attention_mask(attention_mask, T, past_len)
-        x, cross_attentions = text_states, []
+        x = text_states
         for i, block in enumerate(self.fusion):
-            if output_cross_attentions:
-                x, weights = block(x, image_kv[:, i].transpose(0, 1), mask, cache=cache, need_weights=True)
-                cross_attentions.append(weights)
-            else:
-                x = block(x, image_kv[:, i].transpose(0, 1), mask, cache=cache)
+            x = block(x, image_kv[:, i].transpose(0, 1), mask, cache=cache)
         return MedVLMModelOutput(
-            last_hidden_state=self.ln_final(x), image_embeds=image_embeds, text_embeds=text_embeds, cache=cache,
-            cross_attentions=tuple(cross_attentions) if output_cross_attentions else None,
+            last_hidden_state=self.ln_final(x), image_embeds=image_embeds, text_embeds=text_embeds, cache=cache
         )
 
 
@@ -328,9 +316,7 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         forms the (B, T, V) logits, and `logits` is None unless `return_logits=True`.
         text_keys: (B,) ids equal for identical report texts (see `contrastive_loss`); defaults to
         comparing the token ids."""
-        entropy_weight = self.config.attention_entropy_weight if labels is not None else 0.0
-        out = self.model(input_ids, pixel_values, attention_mask, image_kv, cache, use_cache,
-                         output_cross_attentions=entropy_weight > 0)
+        out = self.model(input_ids, pixel_values, attention_mask, image_kv, cache, use_cache)
         hidden = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
         if return_logits is None:
             return_logits = labels is None
@@ -348,15 +334,11 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
                     logit_scale,
                     gather_with_local_grad(keys),
                 ))
-            if entropy_weight > 0:
-                parts["attention_entropy_loss"] = attention_entropy_loss(list(out.cross_attentions), attention_mask)
-        weights = {"caption_loss": self.config.caption_weight, "contrastive_loss": self.config.contrastive_weight,
-                   "attention_entropy_loss": entropy_weight}
+        weights = {"caption_loss": self.config.caption_weight, "contrastive_loss": self.config.contrastive_weight}
         return MedVLMOutput(
             loss=weighted_total(parts, weights) if parts else None,
             contrastive_loss=parts.get("contrastive_loss"),
             caption_loss=parts.get("caption_loss"),
-            attention_entropy_loss=parts.get("attention_entropy_loss"),
             logits=logits,
             image_embeds=out.image_embeds,
             text_embeds=out.text_embeds,
