@@ -23,6 +23,7 @@ TINY = [
     "data.max_length=96",
     "data.tokenizer_vocab_size=200",
     "model.vision.model_name=vit_tiny_patch16_224", "model.vision.timm_kwargs={embed_dim: 32, depth: 1, num_heads: 2}",
+    "model.vision.token_reduction=null",  # the demo reads a CNN stage; the tiny tower is a ViT
     "model.text={model_type: gpt2, n_embd: 32, n_layer: 1, n_head: 2}",
     "model.fusion_layers=1", "model.fusion_heads=2", "model.embed_dim=16",
     "train.batch_size=8", "train.log_every=1", "train.eval_every=2", "train.eval_samples=4",
