@@ -16,7 +16,7 @@ LORA_TARGETS = {
 def tower_modules(model) -> dict[str, list[nn.Module | nn.Parameter]]:
     inner = model.model
     fusion = [inner.fusion, inner.image_to_fusion, inner.ln_final]
-    if getattr(inner, "image_positions", None) is not None:
+    if inner.image_positions is not None:
         fusion.append(inner.image_positions)
     return {
         "vision": [inner.vision, inner.image_projection],

@@ -115,10 +115,11 @@ def verdicts(model: dict, intervals: dict, baselines: dict) -> list[str]:
     """One line per baseline: does the model beat it on BLEU-4 and CE micro-F1 (report models), or
     on the task's own accuracy / AUROC (VQA, classification)?"""
     lines = []
-    compared = [m for m in VERDICT_METRICS if m in model] or [m for m in TASK_VERDICT_METRICS if m in model]
+    compared = ([m for m in VERDICT_METRICS if m in model] or [m for m in TASK_VERDICT_METRICS if m in model]
+                or VERDICT_METRICS)  # none present: say so per report metric
     for name, base in baselines.items():
         parts = []
-        for metric in compared or VERDICT_METRICS:
+        for metric in compared:
             ours, theirs = _number(model.get(metric)), _number(base.get(metric))
             label = LABELS.get(metric, metric)
             if ours is None or theirs is None:
