@@ -65,15 +65,44 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     assert isinstance(AutoModel.from_pretrained(tmp_path), MedVLMModel)
 
 
-def test_cached_and_uncached_greedy_generation_agree():
+@pytest.mark.parametrize("text_type", ["gpt2", "bert"])
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+def test_cached_and_uncached_greedy_generation_agree(text_type, cache_implementation):
     torch.manual_seed(1)
-    model = MedVLMForConditionalGeneration(tiny_config()).eval()
+    model = MedVLMForConditionalGeneration(tiny_config(text_type)).eval()
     pixels = torch.randn(2, 1, 32, 32)
     kwargs = dict(max_new_tokens=20, min_new_tokens=20, do_sample=False)
-    cached = model.generate(pixels, **kwargs)
+    cached = model.generate(pixels, cache_implementation=cache_implementation, **kwargs)
     uncached = model.generate(pixels, use_cache=False, **kwargs)
     assert cached.shape == (2, 21)
     assert torch.equal(cached, uncached)
+
+
+def test_static_cache_beam_search_matches_dynamic():
+    torch.manual_seed(3)
+    model = MedVLMForConditionalGeneration(tiny_config()).eval()
+    pixels = torch.randn(2, 1, 32, 32)
+    kwargs = dict(max_new_tokens=10, min_new_tokens=10, num_beams=3)
+    assert torch.equal(model.generate(pixels, cache_implementation="static", **kwargs), model.generate(pixels, **kwargs))
+
+
+def test_unknown_cache_implementation_is_a_clear_error():
+    model = MedVLMForConditionalGeneration(tiny_config()).eval()
+    with pytest.raises(ValueError, match="cache_implementation='offloaded'"):
+        model.generate(torch.randn(1, 1, 32, 32), max_new_tokens=2, cache_implementation="offloaded")
+
+
+@pytest.mark.slow
+def test_compiled_static_decoding_matches_eager():
+    from medvlm.modeling import compile_on_any_device
+
+    torch.manual_seed(4)
+    model = MedVLMForConditionalGeneration(tiny_config()).eval()
+    pixels = torch.randn(2, 1, 32, 32)
+    kwargs = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    compiled = model.generate(pixels, cache_implementation="static", compile_config=compile_on_any_device(), **kwargs)
+    assert hasattr(model, "_compiled_call")  # generate really took the compiled path
+    assert torch.equal(compiled, model.generate(pixels, **kwargs))
 
 
 def test_beam_search_and_sampling_run_batched():
@@ -94,15 +123,17 @@ def test_image_features_are_computed_once_per_image(monkeypatch):
     assert calls == [2]  # one vision pass for two images, not one per step or per beam
 
 
-def test_left_padded_prompts_generate_like_single_prompts():
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+def test_left_padded_prompts_generate_like_single_prompts(cache_implementation):
     torch.manual_seed(2)
     model = MedVLMForConditionalGeneration(tiny_config()).eval()
     pixels = torch.randn(2, 1, 32, 32)
     short, long = [1, 7, 9, 4], [1, 7, 9, 11, 12, 4]
     ids = torch.tensor([[0, 0] + short, long])
     mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6])
-    together = model.generate(pixels, input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6)
-    alone = model.generate(pixels[:1], input_ids=torch.tensor([short]), max_new_tokens=6, min_new_tokens=6)
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, cache_implementation=cache_implementation)
+    together = model.generate(pixels, input_ids=ids, attention_mask=mask, **kwargs)
+    alone = model.generate(pixels[:1], input_ids=torch.tensor([short]), **kwargs)
     assert together[0, -6:].tolist() == alone[0, -6:].tolist()
 
 

@@ -6,7 +6,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification,
 from .configuration_chexnet import CheXNetConfig
 from .configuration_medvlm import MedVLMConfig
 from .modeling_chexnet import CheXNetForImageClassification, CheXNetOutput
-from .modeling_medvlm import MedVLMForConditionalGeneration, MedVLMModel, MedVLMOutput
+from .modeling_medvlm import MedVLMForConditionalGeneration, MedVLMModel, MedVLMOutput, compile_on_any_device
 
 AutoConfig.register("medvlm", MedVLMConfig, exist_ok=True)
 AutoModel.register(MedVLMConfig, MedVLMModel, exist_ok=True)
@@ -15,4 +15,4 @@ AutoConfig.register("chexnet", CheXNetConfig, exist_ok=True)
 AutoModelForImageClassification.register(CheXNetConfig, CheXNetForImageClassification, exist_ok=True)
 
 __all__ = ["MedVLMConfig", "MedVLMModel", "MedVLMForConditionalGeneration", "MedVLMOutput",
-           "CheXNetConfig", "CheXNetForImageClassification", "CheXNetOutput"]
+           "CheXNetConfig", "CheXNetForImageClassification", "CheXNetOutput", "compile_on_any_device"]

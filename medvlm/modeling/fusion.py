@@ -7,31 +7,11 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from torch import nn
 
 
-def decoder_attention_mask(
-    padding_mask: torch.Tensor | None, query_len: int, past_len: int
-) -> torch.Tensor | None:
-    """Boolean (B, 1, Tq, Tk) mask for causal self-attention over cached + new tokens, or None
-    when plain causal attention (Tq == Tk, no padding) or no mask at all (one new token, no
-    padding) is exact, so SDPA can take its fast paths.
-
-    padding_mask: (B, Tk) with 1 for real tokens, covering past and new tokens.
-    Every query may attend to itself, so left-padded rows never become all-masked (NaN).
-    """
-    has_padding = padding_mask is not None and not bool(padding_mask.all())
-    if not has_padding and (past_len == 0 or query_len == 1):
-        return None
-    key_len = past_len + query_len
-    device = padding_mask.device if padding_mask is not None else None
-    query_pos = torch.arange(past_len, key_len, device=device)[:, None]  # (Tq, 1)
-    key_pos = torch.arange(key_len, device=device)[None, :]  # (1, Tk)
-    allowed = key_pos <= query_pos  # (Tq, Tk)
-    if has_padding:
-        allowed = allowed & padding_mask[:, None, None, -key_len:].bool()  # (B, 1, Tq, Tk)
-        allowed = allowed | (key_pos == query_pos)
-    return allowed if allowed.ndim == 4 else allowed[None, None]
-
-
 class CausalSelfAttention(nn.Module):
+    """Causal self-attention over the text positions. `attn_mask` is the boolean (B, 1, T, keys)
+    mask of transformers' `create_causal_mask` (causal + padding, sized to the cache), or None
+    where that function finds SDPA's own causal flag exact."""
+
     def __init__(self, width: int, num_heads: int, dropout: float, layer_idx: int):
         super().__init__()
         if width % num_heads:
@@ -46,14 +26,13 @@ class CausalSelfAttention(nn.Module):
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
         # q, k, v: (B, heads, T, head_dim)
-        past_len = 0
         if cache is not None:
-            past_len = cache.get_seq_length(self.layer_idx) if len(cache.layers) > self.layer_idx else 0
-            k, v = cache.update(k, v, self.layer_idx)  # (B, heads, past + T, head_dim)
+            k, v = cache.update(k, v, self.layer_idx)  # (B, heads, past + T or cache size, head_dim)
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attn_mask,
-            is_causal=attn_mask is None and T > 1 and past_len == 0,
+            # no mask: plain causal attention over T new tokens is exact (HF's rule), or T == 1
+            is_causal=attn_mask is None and T > 1,
             dropout_p=self.dropout if self.training else 0.0,
         )  # (B, heads, T, head_dim)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))

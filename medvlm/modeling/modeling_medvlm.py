@@ -5,20 +5,22 @@ the contrastive text embedding, and the fusion blocks turn the same states into 
 predictions conditioned on the image patches.
 """
 
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import CompileConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticLayer
+from transformers.masking_utils import create_causal_mask
 from transformers.utils import ModelOutput
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .configuration_medvlm import MedVLMConfig
-from .fusion import CrossAttention, FusionBlock, decoder_attention_mask
+from .fusion import CrossAttention, FusionBlock
 from .losses import (
     caption_loss,
     contrastive_loss,
@@ -91,12 +93,31 @@ class PreallocatedCache(Cache):
         super().__init__(layer_class_to_replicate=lambda: PreallocatedLayer(capacity))
 
 
+class StaticDecoderCache(Cache):
+    """KV cache of every decoder layer as transformers' `StaticLayer`: buffers of `capacity`
+    positions whose shapes never change, so `generate` can run a compiled decode step (it compiles
+    by itself on GPU). Attention then reads the whole buffer and the mask hides unwritten slots."""
+
+    def __init__(self, num_layers: int, capacity: int):
+        super().__init__(layers=[StaticLayer(capacity) for _ in range(num_layers)])
+
+
+def compile_on_any_device(**compile_kwargs) -> CompileConfig:
+    """A `CompileConfig` that `generate` honours on every device, CPU included; with a static
+    cache (`cache_implementation="static"`) the decode step is then compiled. By default generate
+    compiles on GPUs and other accelerators only. The first call pays the compilation."""
+    config = CompileConfig(**compile_kwargs)
+    config._compile_all_devices = True  # the switch transformers reads; it has no public setter
+    return config
+
+
 @dataclass
 class MedVLMModelOutput(ModelOutput):
     """
     last_hidden_state: (B, T, D) fusion decoder output, after the final norm.
     image_embeds: (B, E) L2-normalised image embedding (None when image keys/values were given).
-    text_embeds: (B, E) L2-normalised text embedding, pooled at the last real token.
+    text_embeds: (B, E) L2-normalised text embedding, pooled at the last real token (None when a
+        cache was passed in, i.e. in decoding steps, which see only the newest tokens).
     cache: key/value cache of every decoder layer (text tower layers first, then fusion layers).
     """
 
@@ -201,6 +222,10 @@ class MedVLMModel(MedVLMPreTrainedModel):
             for i in range(config.fusion_layers)
         )
         self.ln_final = nn.LayerNorm(width)
+        # the fusion layers' causal/padding mask is built by transformers' own rules (those of the
+        # text tower), always in SDPA's form since the fusion blocks call SDPA
+        self.fusion_mask_config = copy.copy(self.text.model.config)
+        self.fusion_mask_config._attn_implementation = "sdpa"
         self.image_projection = nn.Linear(self.vision.num_features, config.embed_dim, bias=False)
         self.text_projection = nn.Linear(width, config.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
@@ -259,17 +284,20 @@ class MedVLMModel(MedVLMPreTrainedModel):
                 raise ValueError("MedVLM needs pixel_values or precomputed image_kv")
             image_tokens, image_embeds = self.encode_image(pixel_values)
             image_kv = self.image_keys_values(image_tokens)
+        text_embeds_wanted = cache is None  # a passed-in cache means a decoding step
         if use_cache and cache is None:
             cache = DynamicCache()
         T = input_ids.shape[1]
-        past_len = cache.get_seq_length() if cache is not None else 0
         position_ids = None
         if attention_mask is not None:
             # positions count real tokens only, so left-padded prompts line up with training
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -T:]
         text_states = self.text(input_ids, attention_mask, cache, position_ids)  # (B, T, D)
-        text_embeds = self.pool_text(text_states, attention_mask) if past_len == 0 else None
-        mask = decoder_attention_mask(attention_mask, T, past_len)
+        text_embeds = self.pool_text(text_states, attention_mask) if text_embeds_wanted else None
+        # (B, 1, T, keys) or None; sized by the first fusion layer's cache, not yet updated this pass
+        mask = create_causal_mask(config=self.fusion_mask_config, inputs_embeds=text_states,
+                                  attention_mask=attention_mask, cache=cache,
+                                  layer_idx=self.text.num_layers if cache is not None else None)
         x = text_states
         for i, block in enumerate(self.fusion):
             x = block(x, image_kv[:, i].transpose(0, 1), mask, cache=cache)
@@ -360,19 +388,34 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         The vision tower and the cross-attention key/value projections run once per image here;
         `generate` then only repeats the resulting tensor for beams/samples. Without `input_ids`
         every sequence starts from the BOS token (report generation); VQA passes the question as
-        a left-padded prompt. Unless a `cache` is given, keys/values go to a `PreallocatedCache`
-        sized for prompt + new tokens. Runs under `torch.inference_mode` (less per-op overhead).
+        a left-padded prompt. Unless a `cache` is given, keys/values go to a cache sized for
+        prompt + new tokens: a `PreallocatedCache`, or with `cache_implementation="static"` a
+        `StaticDecoderCache`, whose fixed shapes let `generate` compile the decode step (on GPU by
+        itself; elsewhere with `compile_config=compile_on_any_device()`). Runs under
+        `torch.inference_mode` (less per-op overhead).
         """
         if image_kv is None:
             image_tokens, _ = self.model.encode_image(pixel_values)
             image_kv = self.model.image_keys_values(image_tokens)
         if input_ids is None:
             input_ids = torch.full((image_kv.shape[0], 1), self.config.bos_token_id, device=image_kv.device)
+        implementation = generate_kwargs.pop("cache_implementation", None)
+        if implementation not in (None, "dynamic", "static"):
+            raise ValueError(f"cache_implementation={implementation!r}: MedVLM supports 'dynamic' (default) or 'static'")
         if generate_kwargs.get("use_cache", True) and "cache" not in generate_kwargs:
-            generate_kwargs["cache"] = PreallocatedCache(capacity=self._expected_length(input_ids, generate_kwargs))
+            capacity = self._expected_length(input_ids, generate_kwargs)
+            generate_kwargs["cache"] = (
+                StaticDecoderCache(self.model.text.num_layers + len(self.model.fusion), capacity)
+                if implementation == "static" else PreallocatedCache(capacity)
+            )
         return super().generate(
             input_ids=input_ids, attention_mask=attention_mask, image_kv=image_kv, **generate_kwargs
         )
+
+    def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:
+        """`generate` turns the 2D padding mask into a 4D one for static caches; MedVLM keeps it 2D,
+        since `forward` counts positions from it and builds every layer's mask itself."""
+        return attention_mask
 
     def _expected_length(self, input_ids: torch.Tensor, generate_kwargs: dict) -> int:
         """Prompt + new tokens, to size the KV cache once (it still grows if this falls short)."""
