@@ -15,6 +15,7 @@ from .config import EvalConfig
 from .metrics.bootstrap import bootstrap_intervals
 from .metrics.chexpert import clinical_efficacy, label_reports
 from .metrics.nlg import compute_nlg
+from .modeling import compile_on_any_device
 from .processing import MedVLMProcessor, RecordDataset
 
 EVAL_DIR = "eval"
@@ -33,6 +34,8 @@ def generation_kwargs(cfg: EvalConfig) -> dict:
         kwargs["no_repeat_ngram_size"] = cfg.no_repeat_ngram_size
     if cfg.repetition_penalty != 1.0:
         kwargs["repetition_penalty"] = cfg.repetition_penalty
+    if cfg.compile_decoding:
+        kwargs.update(cache_implementation="static", compile_config=compile_on_any_device())
     return kwargs
 
 

@@ -94,15 +94,18 @@ def test_unknown_cache_implementation_is_a_clear_error():
 
 @pytest.mark.slow
 def test_compiled_static_decoding_matches_eager():
-    from medvlm.modeling import compile_on_any_device
+    # eval.compile_decoding=true: a static cache and a compiled decode step, on CPU too
+    from medvlm.config import EvalConfig
+    from medvlm.evaluation import generation_kwargs
 
     torch.manual_seed(4)
     model = MedVLMForConditionalGeneration(tiny_config()).eval()
     pixels = torch.randn(2, 1, 32, 32)
-    kwargs = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False)
-    compiled = model.generate(pixels, cache_implementation="static", compile_config=compile_on_any_device(), **kwargs)
+    compiled = model.generate(pixels, min_new_tokens=12,
+                              **generation_kwargs(EvalConfig(max_new_tokens=12, compile_decoding=True)))
     assert hasattr(model, "_compiled_call")  # generate really took the compiled path
-    assert torch.equal(compiled, model.generate(pixels, **kwargs))
+    eager = model.generate(pixels, min_new_tokens=12, **generation_kwargs(EvalConfig(max_new_tokens=12)))
+    assert compiled.shape == (2, 13) and torch.equal(compiled, eager)
 
 
 def test_beam_search_and_sampling_run_batched():

@@ -222,10 +222,11 @@ class MedVLMModel(MedVLMPreTrainedModel):
             for i in range(config.fusion_layers)
         )
         self.ln_final = nn.LayerNorm(width)
-        # the fusion layers' causal/padding mask is built by transformers' own rules (those of the
-        # text tower), always in SDPA's form since the fusion blocks call SDPA
-        self.fusion_mask_config = copy.copy(self.text.model.config)
-        self.fusion_mask_config._attn_implementation = "sdpa"
+        # the causal/padding mask is built by transformers' own rules, in SDPA's form (the fusion
+        # blocks call SDPA); a text tower on SDPA (the default) takes the same mask
+        self.sdpa_mask_config = copy.copy(self.text.model.config)
+        self.sdpa_mask_config._attn_implementation = "sdpa"
+        self.text_takes_sdpa_mask = self.text.model.config._attn_implementation == "sdpa"
         self.image_projection = nn.Linear(self.vision.num_features, config.embed_dim, bias=False)
         self.text_projection = nn.Linear(width, config.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
@@ -292,12 +293,13 @@ class MedVLMModel(MedVLMPreTrainedModel):
         if attention_mask is not None:
             # positions count real tokens only, so left-padded prompts line up with training
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -T:]
-        text_states = self.text(input_ids, attention_mask, cache, position_ids)  # (B, T, D)
+        # (B, 1, T, keys), or None where SDPA's causal flag is exact; sized by the cache before this
+        # pass, so it serves every layer (only the batch, length, dtype of `inputs_embeds` are read)
+        mask = create_causal_mask(config=self.sdpa_mask_config, inputs_embeds=image_kv.new_empty(input_ids.shape + (0,)),
+                                  attention_mask=attention_mask, cache=cache)
+        tower_mask = mask if self.text_takes_sdpa_mask else attention_mask
+        text_states = self.text(input_ids, tower_mask, cache, position_ids)  # (B, T, D)
         text_embeds = self.pool_text(text_states, attention_mask) if text_embeds_wanted else None
-        # (B, 1, T, keys) or None; sized by the first fusion layer's cache, not yet updated this pass
-        mask = create_causal_mask(config=self.fusion_mask_config, inputs_embeds=text_states,
-                                  attention_mask=attention_mask, cache=cache,
-                                  layer_idx=self.text.num_layers if cache is not None else None)
         x = text_states
         for i, block in enumerate(self.fusion):
             x = block(x, image_kv[:, i].transpose(0, 1), mask, cache=cache)
