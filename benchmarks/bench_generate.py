@@ -58,6 +58,37 @@ def generation_call(runner, d: common.Dims, images: int, beams: int):
     return lambda: runner.generate(pixels, d.new_tokens, beams)
 
 
+def decode_weights(model) -> list[torch.Tensor]:
+    """The weight matrices one greedy step of ours multiplies by a vector: text tower and fusion
+    layers, and the LM head (the token embedding), without the lookup tables (position
+    embeddings) and the cross-attention key/value projections (applied once per image)."""
+    text, fusion = model.model.text.model, model.model.fusion
+    lookups = {id(m.weight) for m in text.modules() if isinstance(m, torch.nn.Embedding)}
+    once_per_image = {id(b.cross_attn.kv.weight) for b in fusion}
+    weights = [p for p in [*text.parameters(), *fusion.parameters()]
+               if p.ndim == 2 and id(p) not in lookups | once_per_image]
+    return weights + [model.model.text.token_embeddings.weight]
+
+
+def weight_read_floor(model, new_tokens: int, iters: int) -> dict:
+    """Seconds for `new_tokens` steps of nothing but the matrix-vector products of greedy decoding
+    at one image (median of `iters`): what no implementation at these dimensions and this dtype
+    goes below on this machine, since each step must read every decode weight once."""
+    weights = decode_weights(model)
+    vectors = [torch.randn(w.shape[1], dtype=w.dtype) for w in weights]
+
+    def steps():
+        for _ in range(new_tokens):
+            for w, v in zip(weights, vectors):
+                torch.mv(w, v)
+
+    with torch.inference_mode():
+        t = common.timed(steps, warmup=1, iters=iters)
+    megabytes = sum(w.numel() * w.element_size() for w in weights) / 1e6
+    return {"s": t["median_s"], "weights_mb_per_step": megabytes,
+            "read_gb_per_s": megabytes * new_tokens / t["median_s"] / 1e3}
+
+
 def child_memory(args) -> None:
     torch.set_num_threads(args.threads)
     name, figure = args.child_memory
@@ -119,6 +150,9 @@ def main(argv=None) -> dict:
             entry["peak_error"] = peaks[key]["error"]
         models[name]["figures"][figure] = entry
 
+    if "medvlm" in runners:
+        models["medvlm"]["greedy_1_weight_read_floor"] = weight_read_floor(runners["medvlm"].model, d.new_tokens,
+                                                                           args.iters)
     result.update(
         settings={"new_tokens": d.new_tokens, "beams": BEAMS, "warmup": args.warmup, "iters": args.iters,
                   "precision": "fp32", "decoding": "exactly new_tokens per sequence (min_new_tokens / EOS held "

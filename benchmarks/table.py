@@ -1,7 +1,7 @@
 """The README's performance table from the JSON that bench_train.py and bench_generate.py print.
 
     python benchmarks/bench_train.py --variants bf16 ckpt --out train.json
-    python benchmarks/bench_generate.py --variants bf16_weights --out generate.json
+    python benchmarks/bench_generate.py --variants bf16_weights compile --out generate.json
     python benchmarks/table.py train.json generate.json
 """
 
