@@ -78,6 +78,27 @@ def test_cached_and_uncached_greedy_generation_agree(text_type, cache_implementa
     assert torch.equal(cached, uncached)
 
 
+@pytest.mark.parametrize("text_type", ["gpt2", "bert"])
+def test_text_tower_on_eager_attention_gives_the_same_outputs(text_type):
+    # the shared SDPA-form mask goes to an SDPA tower only; an eager tower builds its own
+    torch.manual_seed(0)
+    model = MedVLMForConditionalGeneration(tiny_config(text_type)).eval()
+    eager_cfg = tiny_config(text_type)
+    eager_cfg.text["attn_implementation"] = "eager"
+    eager = MedVLMForConditionalGeneration(eager_cfg).eval()
+    eager.load_state_dict(model.state_dict())
+    assert eager.model.text.model.config._attn_implementation == "eager"
+    ids = torch.randint(3, VOCAB, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 6:] = 0  # right padding (training)
+    mask[2, :3] = 0  # left padding (VQA prompts)
+    pixels = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        expected, got = model(ids, pixels, mask).logits, eager(ids, pixels, mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(got[real], expected[real], rtol=1e-5, atol=1e-5)
+
+
 def test_static_cache_beam_search_matches_dynamic():
     torch.manual_seed(3)
     model = MedVLMForConditionalGeneration(tiny_config()).eval()

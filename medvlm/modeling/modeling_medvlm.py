@@ -226,7 +226,6 @@ class MedVLMModel(MedVLMPreTrainedModel):
         # blocks call SDPA); a text tower on SDPA (the default) takes the same mask
         self.sdpa_mask_config = copy.copy(self.text.model.config)
         self.sdpa_mask_config._attn_implementation = "sdpa"
-        self.text_takes_sdpa_mask = self.text.model.config._attn_implementation == "sdpa"
         self.image_projection = nn.Linear(self.vision.num_features, config.embed_dim, bias=False)
         self.text_projection = nn.Linear(width, config.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
@@ -295,9 +294,11 @@ class MedVLMModel(MedVLMPreTrainedModel):
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -T:]
         # (B, 1, T, keys), or None where SDPA's causal flag is exact; sized by the cache before this
         # pass, so it serves every layer (only the batch, length, dtype of `inputs_embeds` are read)
-        mask = create_causal_mask(config=self.sdpa_mask_config, inputs_embeds=image_kv.new_empty(input_ids.shape + (0,)),
+        shape_only = image_kv.new_empty(input_ids.shape + (0,))  # (B, T, 0)
+        mask = create_causal_mask(config=self.sdpa_mask_config, inputs_embeds=shape_only,
                                   attention_mask=attention_mask, cache=cache)
-        tower_mask = mask if self.text_takes_sdpa_mask else attention_mask
+        tower_on_sdpa = self.text.model.config._attn_implementation == "sdpa"
+        tower_mask = mask if tower_on_sdpa else attention_mask
         text_states = self.text(input_ids, tower_mask, cache, position_ids)  # (B, T, D)
         text_embeds = self.pool_text(text_states, attention_mask) if text_embeds_wanted else None
         x = text_states
@@ -403,7 +404,8 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
             input_ids = torch.full((image_kv.shape[0], 1), self.config.bos_token_id, device=image_kv.device)
         implementation = generate_kwargs.pop("cache_implementation", None)
         if implementation not in (None, "dynamic", "static"):
-            raise ValueError(f"cache_implementation={implementation!r}: MedVLM supports 'dynamic' (default) or 'static'")
+            raise ValueError(f"cache_implementation={implementation!r}: MedVLM supports 'dynamic' (default) "
+                             "or 'static'")
         if generate_kwargs.get("use_cache", True) and "cache" not in generate_kwargs:
             capacity = self._expected_length(input_ids, generate_kwargs)
             generate_kwargs["cache"] = (
