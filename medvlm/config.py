@@ -92,8 +92,8 @@ class EvalConfig:
     num_beams: int = 1
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
-    # static KV cache + compiled decode step (torch.compile through generate): one compilation
-    # per batch shape first, then cheaper steps; see README "Performance"
+    # report generation with a static KV cache and a compiled decode step (torch.compile through
+    # generate): one compilation per batch shape first, then cheaper steps; README "Performance"
     compile_decoding: bool = False
     bootstrap_resamples: int = 200
     seed: int = 0
