@@ -66,8 +66,8 @@ def decode_weights(model) -> list[torch.Tensor]:
     text, fusion = model.model.text.model, model.model.fusion
     lookups = {id(m.weight) for m in text.modules() if isinstance(m, torch.nn.Embedding)}
     once_per_image = {id(b.cross_attn.kv.weight) for b in fusion}
-    weights = [p for p in [*text.parameters(), *fusion.parameters()]
-               if p.ndim == 2 and id(p) not in lookups | once_per_image]
+    skipped = lookups | once_per_image
+    weights = [p for p in [*text.parameters(), *fusion.parameters()] if p.ndim == 2 and id(p) not in skipped]
     return weights + [model.model.text.token_embeddings.weight]
 
 

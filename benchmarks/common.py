@@ -87,10 +87,14 @@ class MedVLMRunner:
         self.model.to(self.dtype)
         if "ckpt" in options:
             self.model.activation_checkpointing_enable()
-        self.compiled = "compile" in options
-        self.forward = torch.compile(self.model) if self.compiled else self.model
+        compiled = "compile" in options
+        self.forward = torch.compile(self.model) if compiled else self.model
+        self.decoding = {}  # extra generate() arguments
         self.notes += [f"option {o}" for o in options]
-        if self.compiled:
+        if compiled:
+            from medvlm.modeling import compile_on_any_device
+
+            self.decoding = {"cache_implementation": "static", "compile_config": compile_on_any_device()}
             self.notes.append("compile: training compiles the model; generation uses a static KV cache and "
                               "generate's compiled decode step (compiled in the warm-up call; the peak-memory "
                               "probe is skipped, since its first call is mostly the compiler)")
@@ -101,14 +105,10 @@ class MedVLMRunner:
             return self.forward(ids, batch["pixel_values"], batch["attention_mask"], labels=ids).loss
 
     def generate(self, pixels: torch.Tensor, new_tokens: int, num_beams: int) -> torch.Tensor:
-        compiled = {}
-        if self.compiled:
-            from medvlm.modeling import compile_on_any_device
-
-            compiled = {"cache_implementation": "static", "compile_config": compile_on_any_device()}
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
             return self.model.generate(pixel_values=pixels.to(self.dtype), max_new_tokens=new_tokens,
-                                       min_new_tokens=new_tokens, do_sample=False, num_beams=num_beams, **compiled)
+                                       min_new_tokens=new_tokens, do_sample=False, num_beams=num_beams,
+                                       **self.decoding)
 
 
 class CocaRunner:
