@@ -1,8 +1,9 @@
 """Generation benchmark: medvlm against open_clip CoCa and HF VisionEncoderDecoder at equal size.
 
-Every model produces exactly `new_tokens` (60) tokens per image from random weights (EOS is held
-back until then), greedy and with beam search (3 beams), for 1 image and for a batch. Figures
-are timed interleaved (one call of every model in turn, repeated); medians. Prints one JSON.
+Every model produces exactly `new_tokens` (60) tokens per image from random weights (the two
+decoded by transformers' generate have no EOS id, see common.FIXED_LENGTH; CoCa keeps EOS away with
+its min_seq_len), greedy and with beam search (3 beams), for 1 image and for a batch. Figures are
+timed interleaved (one call of every model in turn, repeated); medians. Prints one JSON.
 
     python benchmarks/bench_generate.py              # reference dims (see common.Dims)
     python benchmarks/bench_generate.py --variants bf16_weights bf16   # also ours in bf16 (weights cast / autocast)
@@ -156,8 +157,8 @@ def main(argv=None) -> dict:
                                                                            args.iters)
     result.update(
         settings={"new_tokens": d.new_tokens, "beams": BEAMS, "warmup": args.warmup, "iters": args.iters,
-                  "precision": "fp32", "decoding": "exactly new_tokens per sequence (min_new_tokens / EOS held "
-                  "back), from random weights; VisionEncoderDecoder with its KV cache",
+                  "precision": "fp32", "decoding": "exactly new_tokens per sequence (HF generate: no EOS id; "
+                  "CoCa: its min_seq_len), from random weights; VisionEncoderDecoder with its KV cache",
                   "timing": "interleaved: each round runs every (model, figure) in turn; median over rounds"},
         memory_method=None if args.no_memory else common.MEMORY_METHOD
         + ("; --tiny: greedy at the batch size only" if args.tiny else ""),

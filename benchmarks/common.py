@@ -20,6 +20,12 @@ from pathlib import Path
 import torch
 
 BOS, EOS, PAD = 1, 2, 0
+# How the two models decoded by transformers' `generate` make exactly max_new_tokens tokens: with no
+# EOS id nothing ends early. (min_new_tokens would do it too, but its processor masks EOS with an
+# arange/isin/where over the whole 30522-token vocabulary at every step: about 0.5 ms a step here,
+# a cost no real report generation has.) open_clip's CoCa loop always runs its own min-length
+# processor; there it is under 1% of a step.
+FIXED_LENGTH = {"eos_token_id": None}
 MODELS = ("medvlm", "open_clip_coca", "hf_vision_encoder_decoder")
 
 
@@ -107,8 +113,7 @@ class MedVLMRunner:
     def generate(self, pixels: torch.Tensor, new_tokens: int, num_beams: int) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
             return self.model.generate(pixel_values=pixels.to(self.dtype), max_new_tokens=new_tokens,
-                                       min_new_tokens=new_tokens, do_sample=False, num_beams=num_beams,
-                                       **self.decoding)
+                                       do_sample=False, num_beams=num_beams, **FIXED_LENGTH, **self.decoding)
 
 
 class CocaRunner:
@@ -195,8 +200,8 @@ class VisionEncoderDecoderRunner:
         return self.model(pixel_values=batch["pixel_values"], labels=batch["input_ids"]).loss
 
     def generate(self, pixels: torch.Tensor, new_tokens: int, num_beams: int) -> torch.Tensor:
-        return self.model.generate(pixel_values=pixels, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                   do_sample=False, num_beams=num_beams, use_cache=True)
+        return self.model.generate(pixel_values=pixels, max_new_tokens=new_tokens, do_sample=False,
+                                   num_beams=num_beams, use_cache=True, **FIXED_LENGTH)
 
 
 RUNNERS = {r.name: r for r in (MedVLMRunner, CocaRunner, VisionEncoderDecoderRunner)}
