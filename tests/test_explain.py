@@ -98,6 +98,29 @@ def test_grad_cam_on_transformer_tokens_drops_prefix_tokens():
     assert top_right == pytest.approx(1.0) and bottom_left < 0.1
 
 
+def test_similarity_grad_cam_of_a_model_pooling_its_tokens_is_class_activation_mapping():
+    """With the image embedding read linearly from the mean of the token-stage features, every
+    position gets the same gradient, so Grad-CAM equals HiResCAM (each position weighted by its
+    own gradient); with the backbone's own last stage on top they differ."""
+    from medvlm.explain.targets import default_layer, similarity_cams
+    from test_model import spatial_config
+
+    cams = {}
+    for pool_tokens in (True, False):
+        config = spatial_config()
+        config.vision.update(pool_tokens=pool_tokens, img_size=64)  # a 4 x 4 token stage
+        torch.manual_seed(0)
+        model = MedVLMForConditionalGeneration(config).eval()
+        assert default_layer(model) == "model.vision.backbone.s3"  # the token stage (stride 16)
+        pixels = torch.rand(2, 1, 64, 64)
+        text = torch.nn.functional.normalize(torch.randn(2, config.embed_dim), dim=-1)
+        cams[pool_tokens] = [similarity_cams(model, pixels, text, elementwise=e) for e in (False, True)]
+    grad_cam_map, hires_map = cams[True]
+    assert float(grad_cam_map.max()) == pytest.approx(1.0)
+    torch.testing.assert_close(grad_cam_map, hires_map)
+    assert not torch.allclose(*cams[False])
+
+
 def test_normalize_maps_keeps_the_direction():
     maps = torch.tensor([[[0.0, 2.0], [4.0, 8.0]], [[3.0, 3.0], [3.0, 3.0]]])
     out = normalize_maps(maps)

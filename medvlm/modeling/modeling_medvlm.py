@@ -207,7 +207,7 @@ class MedVLMModel(MedVLMPreTrainedModel):
         super().__init__(config)
         v = config.vision
         self.vision = VisionTower(v["model_name"], v["img_size"], v["in_chans"], v.get("timm_kwargs"),
-                                  v.get("token_reduction"))
+                                  v.get("token_reduction"), v.get("pool_tokens", False))
         self.text = TextTower(config.text)
         width = self.text.hidden_size
         self.image_to_fusion = nn.Linear(self.vision.token_features, width)

@@ -37,11 +37,16 @@ class VisionTower(nn.Module):
 
     token_reduction: for CNNs, take the patch tokens from the deepest stage whose stride is at
     most this (e.g. 16: an 8x8 grid at 128 px instead of the last stage's 4x4), so that each
-    token still covers its own part of the image; the pooled embedding always comes from the
-    last stage. None: tokens from the last stage."""
+    token still covers its own part of the image; the pooled embedding still comes from the
+    last stage unless `pool_tokens`. None: tokens from the last stage.
+
+    pool_tokens: the pooled embedding is the mean of the patch tokens instead of the backbone's
+    own pooling of its last stage (a CNN then stops at the token stage). A linear read-out of an
+    average of tokens makes each token's share of an image-text score additive, so Grad-CAM of
+    that score at the token stage is class activation mapping (Zhou et al., 2016) exactly."""
 
     def __init__(self, model_name: str, img_size: int, in_chans: int, timm_kwargs: dict | None = None,
-                 token_reduction: int | None = None):
+                 token_reduction: int | None = None, pool_tokens: bool = False):
         super().__init__()
         kwargs = dict(num_classes=0, in_chans=in_chans, **(timm_kwargs or {}))
         try:
@@ -55,6 +60,11 @@ class VisionTower(nn.Module):
         self.token_stage = self._token_stage(model_name, token_reduction)  # None: the last stage
         self.token_features = (self.backbone.feature_info[self.token_stage]["num_chs"]
                                if self.token_stage is not None else self.num_features)  # width of a token
+        self.pool_tokens = pool_tokens
+        if pool_tokens:
+            self.num_features = self.token_features
+            if self.token_stage is not None:  # the stages after the token stage would go unused
+                self.backbone.prune_intermediate_layers([self.token_stage], prune_head=True)
 
     def token_grid(self, img_size: int) -> tuple[int, int]:
         """(rows, columns) of the patch tokens for a square `img_size` input."""
@@ -97,9 +107,14 @@ class VisionTower(nn.Module):
         self.backbone.load_state_dict(state, strict=False)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> patch tokens (B, N, C) and the pooled embedding (B, num_features)."""
         if self.token_stage is not None:
-            features, (token_map,) = self.backbone.forward_intermediates(
-                pixel_values, indices=[self.token_stage], intermediates_only=False)
+            if self.pool_tokens:  # the later stages are pruned: stop at the token stage
+                (token_map,) = self.backbone.forward_intermediates(
+                    pixel_values, indices=[self.token_stage], intermediates_only=True, stop_early=True)
+            else:
+                features, (token_map,) = self.backbone.forward_intermediates(
+                    pixel_values, indices=[self.token_stage], intermediates_only=False)
             tokens = token_map.flatten(2).transpose(1, 2)  # (B, h*w, C_stage)
         else:
             features = self.backbone.forward_features(pixel_values)
@@ -107,5 +122,6 @@ class VisionTower(nn.Module):
                 tokens = features.flatten(2).transpose(1, 2)  # (B, h*w, C)
             else:  # transformer tokens (B, prefix + N, C)
                 tokens = features[:, self.num_prefix_tokens :]  # (B, N, C)
-        pooled = self.backbone.forward_head(features, pre_logits=True)  # (B, C)
-        return tokens, pooled
+        if self.pool_tokens:
+            return tokens, tokens.mean(dim=1)
+        return tokens, self.backbone.forward_head(features, pre_logits=True)
