@@ -65,35 +65,6 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     assert isinstance(AutoModel.from_pretrained(tmp_path), MedVLMModel)
 
 
-def column_major(weight: torch.Tensor) -> bool:
-    return weight.stride() == (1, weight.shape[0])
-
-
-def test_lm_head_stays_column_major_and_gives_the_row_major_outputs(tmp_path):
-    torch.manual_seed(0)
-    model = MedVLMForConditionalGeneration(tiny_config())
-    weight = model.model.text.token_embeddings.weight
-    assert weight.shape == (VOCAB, 32) and column_major(weight)
-    pixels, ids, mask, labels = batch()
-    row_major = MedVLMForConditionalGeneration(tiny_config()).eval()
-    row_major.load_state_dict(model.state_dict())  # copies values into its own (column-major) parameter...
-    row_major.model.text.token_embeddings.weight.data = weight.data.contiguous()  # ...so lay it out by hand
-    torch.testing.assert_close(model.eval()(ids, pixels, mask).logits, row_major(ids, pixels, mask).logits)
-    assert torch.equal(model.generate(pixel_values=pixels, max_new_tokens=5, eos_token_id=None),
-                       row_major.generate(pixel_values=pixels, max_new_tokens=5, eos_token_id=None))
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model.train()(ids, pixels, mask, labels=labels).loss.backward()
-    optimizer.step()
-    assert column_major(weight) and weight.grad.stride() == weight.stride()
-
-    model.save_pretrained(tmp_path)  # the file holds the plain (V, D) matrix
-    reloaded = MedVLMForConditionalGeneration.from_pretrained(tmp_path)
-    assert column_major(reloaded.model.text.token_embeddings.weight)
-    assert torch.equal(reloaded.model.text.token_embeddings.weight, weight)
-    assert column_major(reloaded.to(torch.bfloat16).model.text.token_embeddings.weight)
-
-
 @pytest.mark.parametrize("text_type", ["gpt2", "bert"])
 @pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
 def test_cached_and_uncached_greedy_generation_agree(text_type, cache_implementation):

@@ -318,24 +318,6 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         self.model = MedVLMModel(config)
         self.lm_bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.post_init()
-        self.lay_out_lm_head()
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
-        model.lay_out_lm_head()  # loading puts a freshly read (row-major) tensor in the parameter
-        return model
-
-    def lay_out_lm_head(self) -> None:
-        """Keep the token-embedding matrix, which is also the LM head, column-major: the same
-        (V, D) parameter, stored in memory as its transpose (D, V). A decoding step multiplies a
-        few hidden vectors by the whole matrix, and on the CPUs measured MKL reads a (D, V)
-        row-major matrix for that about twice as fast as a (V, D) one (30522 x 384 at one image:
-        1.5 ms against 2.9 ms a step; benchmarks/bench_generate.py). Training is indifferent to
-        the layout, and a saved checkpoint holds the plain (V, D) matrix."""
-        weight = self.model.text.token_embeddings.weight
-        if weight.ndim == 2 and weight.is_contiguous() and weight.device.type != "meta":
-            weight.data = weight.data.t().contiguous().t()  # (V, D) view of a (D, V) row-major tensor
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
