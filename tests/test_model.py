@@ -6,6 +6,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, GPT2Config, GPT2Model
 
 from medvlm.modeling import MedVLMConfig, MedVLMForConditionalGeneration, MedVLMModel
+from medvlm.modeling.fusion import FEW_ROWS, few_row_linear
 from tiny import VOCAB, tiny_config
 
 
@@ -26,6 +27,8 @@ def test_shapes_losses_and_every_parameter_gets_a_gradient(text_type, vision):
     torch.manual_seed(0)
     model = MedVLMForConditionalGeneration(tiny_config(text_type, vision))
     pixels, ids, mask, labels = batch()
+    if vision != "vit":  # a stride-32 CNN needs 64 px for 2 x 2 tokens: over one token, attention
+        pixels = F.interpolate(pixels, scale_factor=2)  # is constant and its queries get no gradient
     out = model(ids, pixels, mask, labels=labels)
     assert out.logits is None  # with labels the caption loss never forms the logits
     with torch.no_grad():  # same dropout draws for both
@@ -51,6 +54,21 @@ def test_text_tower_is_causal():
     b = model(changed, pixels, mask).logits
     torch.testing.assert_close(a[:, :6], b[:, :6])  # the future does not leak into earlier positions
 
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 24), (3, 24), (2, 5, 24), (FEW_ROWS + 1, 24)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_few_row_linear_matches_f_linear_with_gradients(shape, with_bias):
+    torch.manual_seed(0)
+    weight = torch.randn(40, 24, requires_grad=True)
+    bias = torch.randn(40, requires_grad=True) if with_bias else None
+    x = torch.randn(*shape, requires_grad=True)
+    ours, theirs = few_row_linear(x, weight, bias), F.linear(x, weight, bias)
+    assert ours.shape == theirs.shape == (*shape[:-1], 40)
+    torch.testing.assert_close(ours, theirs)
+    grads = [torch.autograd.grad(out.square().sum(), [x, weight]) for out in (ours, theirs)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     model = MedVLMForConditionalGeneration(tiny_config()).eval()

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .configuration_medvlm import MedVLMConfig
-from .fusion import CrossAttention, FusionBlock
+from .fusion import CrossAttention, FusionBlock, few_row_linear
 from .losses import (
     caption_loss,
     contrastive_loss,
@@ -326,7 +326,7 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # weight tying by construction: the head is the embedding matrix, so nothing to re-tie on load
-        return F.linear(hidden, self.model.text.token_embeddings.weight, self.lm_bias)  # (B, T, V)
+        return few_row_linear(hidden, self.model.text.token_embeddings.weight, self.lm_bias)  # (B, T, V)
 
     def forward(
         self,
