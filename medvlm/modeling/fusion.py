@@ -25,7 +25,8 @@ def few_row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if rows == 1:
         flat = torch.cat([flat, flat])  # two real columns: one column would be a matrix-vector product again
     out_t = weight @ flat.T if bias is None else torch.addmm(bias[:, None], weight, flat.T)  # (out, rows')
-    return out_t.T[:rows].reshape(*x.shape[:-1], weight.shape[0])
+    # contiguous rows: attention kernels (SDPA's flash path on the CPU) want a unit last stride
+    return out_t.T[:rows].contiguous().view(*x.shape[:-1], weight.shape[0])
 
 
 class FewRowLinear(nn.Linear):
