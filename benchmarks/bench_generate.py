@@ -105,11 +105,7 @@ def child_memory(args) -> None:
     runner = common.build(name, args.dims)
     runner.model.eval()
     call = generation_call(runner, args.dims, *figures(args.dims)[figure])
-    # A fresh process's first call also pays the libraries' one-time set-up (at one image ~22 MiB
-    # of the vision tower's first call here, against 0.6 MiB for a whole later generation): the
-    # peak compared is that of a later call, as every timed call is; the first is kept beside it.
-    first = common.measure_peak(call)
-    print(json.dumps({**common.measure_peak(call), "first_call_peak_mib": first["peak_mib"]}))
+    print(json.dumps(common.measure_peak(call)))
 
 
 def memory(args, calls: dict) -> dict:
@@ -159,8 +155,7 @@ def main(argv=None) -> dict:
         images = figures(d)[figure][0]
         entry = {"s": t["median_s"], "min_s": t["min_s"], "max_s": t["max_s"],
                  "new_tokens_per_s": images * d.new_tokens / t["median_s"],
-                 "peak_mib": peaks.get(key, {}).get("peak_mib"),
-                 "first_call_peak_mib": peaks.get(key, {}).get("first_call_peak_mib")}
+                 "peak_mib": peaks.get(key, {}).get("peak_mib")}
         if "error" in peaks.get(key, {}):
             entry["peak_error"] = peaks[key]["error"]
         models[name]["figures"][figure] = entry
@@ -174,8 +169,6 @@ def main(argv=None) -> dict:
                   "CoCa: its min_seq_len), from random weights; VisionEncoderDecoder with its KV cache",
                   "timing": "interleaved: each round runs every (model, figure) in turn; median over rounds"},
         memory_method=None if args.no_memory else common.MEMORY_METHOD
-        + "; generation: measured on the second call in the process (peak_mib), the first call, which "
-        "includes the libraries' one-time set-up, as first_call_peak_mib"
         + ("; --tiny: greedy at the batch size only" if args.tiny else ""),
         models=models, skipped=skipped,
     )
