@@ -55,7 +55,6 @@ def test_text_tower_is_causal():
     torch.testing.assert_close(a[:, :6], b[:, :6])  # the future does not leak into earlier positions
 
 
-
 @pytest.mark.parametrize("shape", [(1, 1, 24), (3, 24), (2, 5, 24), (FEW_ROWS + 1, 24)])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_few_row_linear_matches_f_linear_with_gradients(shape, with_bias):
@@ -69,6 +68,7 @@ def test_few_row_linear_matches_f_linear_with_gradients(shape, with_bias):
     grads = [torch.autograd.grad(out.square().sum(), [x, weight]) for out in (ours, theirs)]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     model = MedVLMForConditionalGeneration(tiny_config()).eval()
