@@ -250,15 +250,16 @@ def test_cnn_tokens_from_a_finer_stage_and_the_null_slot_train_and_reload(tmp_pa
     assert torch.equal(model.generate(pixels, **kwargs), model.generate(pixels, use_cache=False, **kwargs))
 
 
-def test_pool_tokens_embeds_the_mean_of_the_tokens_cross_attention_reads(tmp_path):
+@pytest.mark.parametrize("pooling", [True, "mean", "max"])
+def test_pool_tokens_embeds_a_pool_of_the_tokens_cross_attention_reads(tmp_path, pooling):
     config = spatial_config()
-    config.vision["pool_tokens"] = True
+    config.vision["pool_tokens"] = pooling
     torch.manual_seed(0)
     model = MedVLMForConditionalGeneration(config)
     pixels, ids, mask, labels = batch()
     tokens, pooled = model.model.vision(pixels)
     assert tokens.shape == (3, 4, 152) and pooled.shape == (3, 152)
-    torch.testing.assert_close(pooled, tokens.mean(dim=1))
+    torch.testing.assert_close(pooled, tokens.amax(dim=1) if pooling == "max" else tokens.mean(dim=1))
     # the stage after the token stage is pruned, and every vision weight left gets a gradient
     assert not any(name.startswith("backbone.s4.") for name, _ in model.model.vision.named_parameters())
     model(ids, pixels, mask, labels=labels).loss.backward()
@@ -268,6 +269,13 @@ def test_pool_tokens_embeds_the_mean_of_the_tokens_cross_attention_reads(tmp_pat
     assert reloaded.config.vision["pool_tokens"]
     torch.testing.assert_close(model.model.get_image_features(pixels), reloaded.model.get_image_features(pixels),
                                rtol=0, atol=0)
+
+
+def test_unknown_pool_tokens_is_a_clear_error():
+    config = spatial_config()
+    config.vision["pool_tokens"] = "median"
+    with pytest.raises(ValueError, match="vision.pool_tokens='median'"):
+        MedVLMForConditionalGeneration(config)
 
 
 def test_token_reduction_is_for_cnns_only():

@@ -6,7 +6,7 @@ BERT-family transformers model can be named without a config class per backbone:
     vision = {"model_name": "vit_small_patch16_224", "img_size": 224, "in_chans": 1,
               "timm_kwargs": {...}, "pretrained_path": None,
               "token_reduction": None,  # CNNs: tokens from the deepest stage with stride <= this
-              "pool_tokens": False}  # image embedding: mean of those tokens, not the last stage's pool
+              "pool_tokens": False}  # image embedding from those tokens ("mean" or "max"), not the last stage's pool
     text   = {"model_type": "gpt2", "n_embd": 384, ...,  "pretrained_path": None}
 """
 

@@ -40,13 +40,17 @@ class VisionTower(nn.Module):
     token still covers its own part of the image; the pooled embedding still comes from the
     last stage unless `pool_tokens`. None: tokens from the last stage.
 
-    pool_tokens: the pooled embedding is the mean of the patch tokens instead of the backbone's
-    own pooling of its last stage (a CNN then stops at the token stage). A linear read-out of an
-    average of tokens makes each token's share of an image-text score additive, so Grad-CAM of
-    that score at the token stage is class activation mapping (Zhou et al., 2016) exactly."""
+    pool_tokens: the pooled embedding is made from the patch tokens instead of by the backbone's
+    own pooling of its last stage (a CNN then stops at the token stage): "mean" (or true) averages
+    them, "max" takes each channel's largest token. Either way the image-text score is a linear
+    read-out of a pool of the very tokens cross-attention reads, so Grad-CAM of that score at the
+    token stage is class activation mapping (Zhou et al., 2016) exactly; with "max" each channel
+    answers for the place where it fires most, as in max-pooled weakly supervised localisation."""
+
+    POOLINGS = ("mean", "max")
 
     def __init__(self, model_name: str, img_size: int, in_chans: int, timm_kwargs: dict | None = None,
-                 token_reduction: int | None = None, pool_tokens: bool = False):
+                 token_reduction: int | None = None, pool_tokens: bool | str = False):
         super().__init__()
         kwargs = dict(num_classes=0, in_chans=in_chans, **(timm_kwargs or {}))
         try:
@@ -60,7 +64,11 @@ class VisionTower(nn.Module):
         self.token_stage = self._token_stage(model_name, token_reduction)  # None: the last stage
         self.token_features = (self.backbone.feature_info[self.token_stage]["num_chs"]
                                if self.token_stage is not None else self.num_features)  # width of a token
-        self.pool_tokens = pool_tokens
+        if pool_tokens is True:
+            pool_tokens = "mean"
+        if pool_tokens not in (False, None, *self.POOLINGS):
+            raise ValueError(f"vision.pool_tokens={pool_tokens!r}: expected false, true, 'mean' or 'max'")
+        self.pool_tokens = pool_tokens or None  # None: the backbone's own pooling
         if pool_tokens:
             self.num_features = self.token_features
             if self.token_stage is not None:  # the stages after the token stage would go unused
@@ -122,6 +130,8 @@ class VisionTower(nn.Module):
                 tokens = features.flatten(2).transpose(1, 2)  # (B, h*w, C)
             else:  # transformer tokens (B, prefix + N, C)
                 tokens = features[:, self.num_prefix_tokens :]  # (B, N, C)
-        if self.pool_tokens:
+        if self.pool_tokens == "max":
+            return tokens, tokens.amax(dim=1)  # (B, C): each channel's strongest token
+        if self.pool_tokens == "mean":
             return tokens, tokens.mean(dim=1)
         return tokens, self.backbone.forward_head(features, pre_logits=True)
