@@ -14,8 +14,10 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     pass
 
 
