@@ -16,7 +16,7 @@ from medvlm.data.records import DataError
 from medvlm.modeling import CheXNetConfig, CheXNetForImageClassification
 from medvlm.modeling.modeling_chexnet import class_weighted_bce
 from medvlm.tasks.classification import LabelCollator, positive_fraction
-from test_train_smoke import ROOT
+from tiny import ROOT
 
 TINY_DENSENET = {"model_name": "densenet121", "img_size": 32, "in_chans": 1,
                  "timm_kwargs": {"growth_rate": 8, "block_config": [1, 1, 1, 1]}}

@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from medvlm.cli import COMMANDS, main
-from test_finetune import pretrained  # noqa: F401  (module fixture: a tiny trained model directory)
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

@@ -65,7 +65,7 @@ def test_gathered_contrastive_loss_matches_one_process():
 @pytest.mark.skipif(shutil.which("accelerate") is None and not os.path.exists(
     os.path.join(os.path.dirname(sys.executable), "accelerate")), reason="accelerate launcher not installed")
 def test_two_process_training_run_completes(tmp_path):
-    from test_fault_tolerance import train_command
+    from tiny import train_command
 
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
     command = train_command(tmp_path / "ddp", "train.max_steps=3", "train.save_every=2")

@@ -14,7 +14,6 @@ from medvlm.explain.attention import cross_attention_maps, cross_attention_relev
 from medvlm.explain.gradcam import grad_cam, normalize_maps
 from medvlm.metrics.localization import dilate, localization_scores, pointing_hit, top_area_iou
 from medvlm.modeling import MedVLMForConditionalGeneration
-from test_finetune import pretrained  # noqa: F401  (module fixture: a tiny trained model directory)
 from tiny import tiny_config
 
 

@@ -15,15 +15,7 @@ from safetensors.torch import load_file
 
 from medvlm.config import load_config
 from medvlm.engine import Trainer, checkpoint_problem, find_resumable_checkpoint
-from test_train_smoke import ROOT, TINY
-
-RUN = [*TINY, "data.augment=true", "train.eval_every=0", "train.log_every=1", "train.save_every=3",
-       "train.keep_last=3", "train.max_steps=24", "train.tensorboard=false"]
-
-
-def train_command(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/demo.yaml"),
-            f"train.output_dir={out}", *RUN, *extra]
+from tiny import ROOT, TINY, train_command
 
 
 def final_weights(out: Path) -> dict:

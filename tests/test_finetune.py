@@ -6,17 +6,7 @@ from safetensors.torch import load_file
 
 from medvlm import MedVLMForConditionalGeneration
 from medvlm.finetuning import freeze_towers
-from test_fault_tolerance import RUN, train_command
-from test_train_smoke import ROOT, TINY, load_script
-from tiny import tiny_config
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pre")
-    assert load_script("train").main(["--config", str(ROOT / "configs/demo.yaml"), f"train.output_dir={out}",
-                                      "train.max_steps=2", "train.eval_every=0", "train.save_every=0", *TINY]) == 0
-    return out / "final"
+from tiny import ROOT, TINY, load_script, tiny_config
 
 
 def test_lora_finetune_merges_and_reloads(pretrained, tmp_path):

@@ -5,8 +5,7 @@ import re
 from pathlib import Path
 
 from medvlm.data.synthetic import save_png_tree, synthetic_records
-from test_finetune import pretrained  # noqa: F401  (module fixture: a tiny trained model)
-from test_train_smoke import ROOT, load_script
+from tiny import ROOT, load_script
 
 
 def readme_yaml() -> str:
@@ -16,7 +15,7 @@ def readme_yaml() -> str:
     return block
 
 
-def test_readme_finetune_example_runs(pretrained, tmp_path, monkeypatch):  # noqa: F811
+def test_readme_finetune_example_runs(pretrained, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rows = []
     for split, n, start in (("train", 16, 0), ("validate", 4, 16), ("test", 4, 20)):

@@ -11,7 +11,6 @@ from PIL import Image
 from medvlm.cli import main
 from medvlm.metrics.classification import auroc, auroc_per_label, binarize_labels
 from medvlm.metrics.retrieval import random_recall_at_k, recall_at_k, retrieval_metrics
-from test_finetune import pretrained  # noqa: F401  (module fixture: a tiny trained model directory)
 
 
 def pairwise_auroc(scores, targets):
@@ -75,7 +74,7 @@ def test_identical_reports_count_as_hits():
     assert out["baselines.random.t2i_r1"] == pytest.approx((2 / 4 + 1 / 4 + 1 / 4) / 3)
 
 
-def test_zero_shot_and_retrieval_on_a_tiny_model(pretrained):  # noqa: F811
+def test_zero_shot_and_retrieval_on_a_tiny_model(pretrained):
     from medvlm.data.synthetic import synthetic_records
     from medvlm.modeling import MedVLMForConditionalGeneration
     from medvlm.processing import MedVLMProcessor
@@ -93,7 +92,7 @@ def test_zero_shot_and_retrieval_on_a_tiny_model(pretrained):  # noqa: F811
     assert zero_shot["zs_auroc_mean"] is None or 0.0 <= zero_shot["zs_auroc_mean"] <= 1.0
 
 
-def test_retrieve_command(pretrained, tmp_path, capsys):  # noqa: F811
+def test_retrieve_command(pretrained, tmp_path, capsys):
     pixels = (np.random.default_rng(0).random((40, 36)) * 255).astype(np.uint8)
     for name in ("a.png", "b.png"):
         Image.fromarray(pixels).save(tmp_path / name)

@@ -1,34 +1,11 @@
 """End to end through the same entry points a user runs: train.main(argv), eval.main(argv)."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"medvlm_script_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TINY = [
-    "data.options={num_train: 24, num_validation: 8, num_test: 8, seed: 3}",
-    "data.image_size=32",
-    "data.max_length=96",
-    "data.tokenizer_vocab_size=200",
-    "model.vision.model_name=vit_tiny_patch16_224", "model.vision.timm_kwargs={embed_dim: 32, depth: 1, num_heads: 2}",
-    "model.vision.token_reduction=null",  # the demo reads a CNN stage; the tiny tower is a ViT
-    "model.text={model_type: gpt2, n_embd: 32, n_layer: 1, n_head: 2}",
-    "model.fusion_layers=1", "model.fusion_heads=2", "model.embed_dim=16",
-    "train.batch_size=8", "train.log_every=1", "train.eval_every=2", "train.eval_samples=4",
-    "train.warmup_steps=1", "eval.max_new_tokens=12", "eval.batch_size=8", "eval.bootstrap_resamples=20",
-]
+from tiny import ROOT, TINY, load_script
 
 
 def test_two_training_steps_then_eval(tmp_path):

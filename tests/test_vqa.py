@@ -9,8 +9,7 @@ import pytest
 
 from medvlm.cli import main
 from medvlm.metrics.vqa import majority_answers, token_f1, vqa_scores
-from test_finetune import pretrained  # noqa: F401  (module fixture: a tiny trained model directory)
-from test_train_smoke import ROOT, TINY, load_script
+from tiny import ROOT, TINY, load_script
 
 VQA_RAD_SAMPLE = ROOT.parent / "shared" / "data" / "vqa_rad_sample"
 TINY_VQA = [t for t in TINY if not t.startswith("data.options")] + [
@@ -47,7 +46,7 @@ def test_synthetic_vqa_records_train_on_the_answer():
     assert {r["answer_type"] for r in records} <= {"closed", "open"}
 
 
-def test_prompt_tokens_carry_no_loss(pretrained):  # noqa: F811
+def test_prompt_tokens_carry_no_loss(pretrained):
     from medvlm.modeling.losses import IGNORE_INDEX
     from medvlm.processing import MedVLMProcessor
 
@@ -61,7 +60,7 @@ def test_prompt_tokens_carry_no_loss(pretrained):  # noqa: F811
         assert tokenizer.decode(kept, skip_special_tokens=True).strip() in ("yes", "left")
 
 
-def test_finetune_eval_and_answer_on_synthetic_questions(pretrained, tmp_path, capsys):  # noqa: F811
+def test_finetune_eval_and_answer_on_synthetic_questions(pretrained, tmp_path, capsys):
     out = tmp_path / "vqa"
     assert load_script("train").main(["--config", str(ROOT / "configs/vqa_demo.yaml"), f"train.output_dir={out}",
                                       f"model.init_from={pretrained}", "train.max_steps=2", "train.eval_every=2",
@@ -91,7 +90,7 @@ def test_finetune_eval_and_answer_on_synthetic_questions(pretrained, tmp_path, c
 
 
 @pytest.mark.skipif(not VQA_RAD_SAMPLE.is_dir(), reason="../shared/data/vqa_rad_sample is absent")
-def test_vqa_rad_sample_loads_and_fine_tunes_one_epoch(pretrained, tmp_path):  # noqa: F811
+def test_vqa_rad_sample_loads_and_fine_tunes_one_epoch(pretrained, tmp_path):
     from medvlm.data.vqa import load_vqa_rad
 
     records = load_vqa_rad(VQA_RAD_SAMPLE, validation_fraction=0.2)
