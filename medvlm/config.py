@@ -21,25 +21,81 @@ class ConfigError(UserError):
     pass
 
 
-@dataclass
-class ModelConfig:
-    architecture: str = "medvlm"  # medvlm (vision-language) | chexnet (image classifier; uses vision, dropout)
-    vision: dict = field(default_factory=lambda: {
-        "model_name": "vit_tiny_patch16_224", "in_chans": 1, "timm_kwargs": {}, "pretrained_path": None})
-    text: dict = field(default_factory=lambda: {"model_type": "gpt2", "n_embd": 256, "n_layer": 2, "n_head": 4})
-    fusion_layers: int = 2
-    fusion_heads: int = 4
-    fusion_mlp_ratio: float = 4.0
-    fusion_null_slot: bool = False  # a learnt "nothing here" key/value in cross-attention (see MedVLMConfig)
-    fusion_image_positions: bool = False  # a learnt position embedding on the image tokens (CNN towers)
-    fusion_qk_norm: bool = False  # cross-attention scores = cosine x learnt scale (see MedVLMConfig)
-    dropout: float = 0.0
-    embed_dim: int = 256
-    init_temperature: float = 0.07
-    contrastive_weight: float = 1.0
-    caption_weight: float = 2.0
-    label_smoothing: float = 0.0
-    init_from: str | None = None  # a medvlm checkpoint directory to start from (fine-tuning)
+# run-config keys that moved out of the model section, and where they went
+MOVED_MODEL_KEYS = {"init_from": "train.init_from"}
+
+
+class ModelSettings:
+    """The run config's `model:` section, checked by the model's own config class
+    (`MedVLMConfig`, or `CheXNetConfig` with `architecture: chexnet`): its fields are the keys,
+    their types are checked, and its defaults apply. A new model option is a new field there.
+
+    `values` holds the keys the preset set; attribute access (`cfg.model.vision`) gives the
+    resolved setting, defaults and dict merging included, as the model will see it."""
+
+    def __init__(self, architecture: str, values: dict):
+        self.architecture = architecture
+        self.values = values
+        self.resolved = model_config_class(architecture)(**values)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("architecture", "values", "resolved"):  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.resolved, name)
+
+    def to_dict(self) -> dict:
+        return {"architecture": self.architecture, **self.values}
+
+
+def model_config_class(architecture: str):
+    from .modeling.configuration_chexnet import CheXNetConfig
+    from .modeling.configuration_medvlm import MedVLMConfig
+
+    classes = {"medvlm": MedVLMConfig, "chexnet": CheXNetConfig}
+    if architecture not in classes:
+        raise ConfigError(f"model.architecture: unknown {architecture!r}; expected one of {', '.join(classes)}")
+    return classes[architecture]
+
+
+def _model_fields(config_class) -> dict:
+    """The settable fields of a model config class: its own annotations, less those that come
+    from the tokenizer or the data (`derived_fields`)."""
+    derived = getattr(config_class, "derived_fields", ())
+    return {k: v for k, v in vars(config_class)["__annotations__"].items() if k not in derived}
+
+
+def _build_model_settings(values: Any) -> ModelSettings:
+    if not isinstance(values, dict):
+        raise ConfigError(f"model: expected a mapping, got {type(values).__name__}")
+    values = dict(values)
+    architecture = values.pop("architecture", "medvlm")
+    config_class = model_config_class(architecture)
+    fields = _model_fields(config_class)
+    checked = {}
+    for key, value in values.items():
+        full = f"model.{key}"
+        if key in MOVED_MODEL_KEYS:
+            raise ConfigError(f"config key '{full}' is now '{MOVED_MODEL_KEYS[key]}'")
+        if key in getattr(config_class, "derived_fields", ()):
+            raise ConfigError(f"config key '{full}' is not set in a run config: {config_class.derived_fields[key]}")
+        if key not in fields:
+            _unknown_key(full, key, ["architecture", *fields])
+        if key == "vision" and isinstance(value, dict):
+            _check_vision_keys(config_class, value)
+        checked[key] = _checked_value(full, value, fields[key])
+    try:
+        return ModelSettings(architecture, checked)
+    except (TypeError, ValueError) as error:  # the config class's own checks (e.g. text without model_type)
+        raise ConfigError(f"model: {error}") from None
+
+
+def _check_vision_keys(config_class, vision: dict) -> None:
+    known = config_class.vision_keys
+    for key in vision:
+        if key == "img_size":
+            raise ConfigError("config key 'model.vision.img_size' is not set in a run config: it is data.image_size")
+        if key not in known:
+            _unknown_key(f"model.vision.{key}", key, known)
 
 
 @dataclass
@@ -81,6 +137,7 @@ class TrainConfig:
     resume: str | None = None  # None | auto | a checkpoint directory
     max_nonfinite_steps: int = 5
     tensorboard: bool = True
+    init_from: str | None = None  # a medvlm model directory to start from (fine-tuning)
     freeze: list = field(default_factory=list)  # any of: vision, text, fusion
     lora: dict | None = None  # e.g. {r: 8, alpha: 16, dropout: 0.05, towers: [fusion, text]}
 
@@ -104,13 +161,14 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelSettings = field(default_factory=lambda: ModelSettings("medvlm", {}))
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"model": self.model.to_dict(),
+                **{f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "model"}}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -148,6 +206,24 @@ def _merge(base: Any, update: dict) -> dict:
     return merged
 
 
+def _unknown_key(full: str, key: str, names: list[str]) -> None:
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ConfigError(f"unknown config key '{full}'{hint}; known keys: {', '.join(names)}")
+
+
+def _checked_value(full: str, value: Any, annotation: Any) -> Any:
+    """`value` if it has the annotated type (an int is taken for a float), else a ConfigError."""
+    if isinstance(value, int) and not isinstance(value, bool) and _type_ok(1.0, annotation) and not _type_ok(1, annotation):
+        value = float(value)
+    if not _type_ok(value, annotation):
+        raise ConfigError(
+            f"config key '{full}' must be {_type_name(annotation)}, got {value!r} ({type(value).__name__})"
+            + (" - write floats like 1.0e-4: YAML reads 1e-4 as a string" if isinstance(value, str) and _type_ok(1.0, annotation) else "")
+        )
+    return float(value) if annotation is float else value
+
+
 def _build(cls, values: dict, where: str):
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
@@ -157,23 +233,17 @@ def _build(cls, values: dict, where: str):
     for key, value in values.items():
         full = f"{where}.{key}".lstrip(".")
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown config key '{full}'{hint}; known keys: {', '.join(names)}")
+            _unknown_key(full, key, names)
         annotation = hints[key]
+        if annotation is ModelSettings:
+            kwargs[key] = _build_model_settings(value)
+            continue
         if dataclasses.is_dataclass(annotation):
             kwargs[key] = _build(annotation, value, full)
             continue
         if isinstance(value, dict) and _type_ok({}, annotation):
             value = _merge(_default_of(cls, key), value)
-        if isinstance(value, int) and not isinstance(value, bool) and _type_ok(1.0, annotation) and not _type_ok(1, annotation):
-            value = float(value)
-        if not _type_ok(value, annotation):
-            raise ConfigError(
-                f"config key '{full}' must be {_type_name(annotation)}, got {value!r} ({type(value).__name__})"
-                + (" - write floats like 1.0e-4: YAML reads 1e-4 as a string" if isinstance(value, str) and _type_ok(1.0, annotation) else "")
-            )
-        kwargs[key] = float(value) if annotation is float else value
+        kwargs[key] = _checked_value(full, value, annotation)
     return cls(**kwargs)
 
 

@@ -10,20 +10,13 @@ from .config import RunConfig
 from .data.images import ImageTransform
 from .data.sources import load_split
 from .modeling import CheXNetConfig, CheXNetForImageClassification, MedVLMConfig, MedVLMForConditionalGeneration
+from .modeling.configuration_medvlm import merged_text
 from .modeling.text import text_spec_from_checkpoint
 from .processing import MedVLMProcessor
 from .tokenization import load_tokenizer, train_report_tokenizer
 
 log = logging.getLogger(__name__)
-ARCHITECTURES = ("medvlm", "chexnet")
-
-
-def architecture_of(cfg: RunConfig) -> str:
-    if cfg.model.architecture not in ARCHITECTURES:
-        raise ValueError(f"model.architecture: unknown '{cfg.model.architecture}'; expected one of {ARCHITECTURES}")
-    return cfg.model.architecture
-
-
+TRAINING_CHOICES = ("contrastive_weight", "caption_weight", "label_smoothing")  # taken over a train.init_from model
 def records_for(cfg: RunConfig, split: str) -> list[dict]:
     d = cfg.data
     if d.cache_dir:
@@ -34,12 +27,12 @@ def records_for(cfg: RunConfig, split: str) -> list[dict]:
 
 
 def build_processor(cfg: RunConfig, train_records: list[dict]) -> MedVLMProcessor:
-    """The tokenizer comes from `model.init_from`, `data.tokenizer`, or is trained on the
+    """The tokenizer comes from `train.init_from`, `data.tokenizer`, or is trained on the
     training reports (saved under the run directory)."""
     d = cfg.data
-    if cfg.model.init_from:
-        return MedVLMProcessor.from_pretrained(cfg.model.init_from)
-    if architecture_of(cfg) == "chexnet":  # image-only: the processor is just the image transform
+    if cfg.train.init_from:
+        return MedVLMProcessor.from_pretrained(cfg.train.init_from)
+    if cfg.model.architecture == "chexnet":  # image-only: the processor is just the image transform
         in_chans = cfg.model.vision.get("in_chans", 1)
         transform = ImageTransform(d.image_size, resize_mode=d.resize_mode, in_chans=in_chans)
         return MedVLMProcessor(None, transform, max_length=d.max_length)
@@ -54,27 +47,19 @@ def build_processor(cfg: RunConfig, train_records: list[dict]) -> MedVLMProcesso
 
 
 def model_config(cfg: RunConfig, tokenizer) -> MedVLMConfig:
-    m = cfg.model
-    text = dict(m.text)
+    """The model section as the preset wrote it, completed from the data (image size, text
+    positions) and the tokenizer (vocabulary, special ids)."""
+    settings = dict(cfg.model.values)
+    text = dict(settings.pop("text", None) or {})
     if text.get("pretrained_path"):
         text = {**text_spec_from_checkpoint(text["pretrained_path"]), **text}
+    text = merged_text(text)
     text.setdefault("n_positions" if text.get("model_type") == "gpt2" else "max_position_embeddings",
                     max(cfg.data.max_length, 64))
     return MedVLMConfig(
-        vision={**m.vision, "img_size": cfg.data.image_size},
+        **settings,
+        vision={**cfg.model.vision, "img_size": cfg.data.image_size},
         text=text,
-        fusion_layers=m.fusion_layers,
-        fusion_heads=m.fusion_heads,
-        fusion_mlp_ratio=m.fusion_mlp_ratio,
-        fusion_null_slot=m.fusion_null_slot,
-        fusion_image_positions=m.fusion_image_positions,
-        fusion_qk_norm=m.fusion_qk_norm,
-        dropout=m.dropout,
-        embed_dim=m.embed_dim,
-        init_temperature=m.init_temperature,
-        contrastive_weight=m.contrastive_weight,
-        caption_weight=m.caption_weight,
-        label_smoothing=m.label_smoothing,
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
         eos_token_id=tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
@@ -89,31 +74,45 @@ def chexnet_config(cfg: RunConfig, train_records: list[dict] | None) -> CheXNetC
     names = label_names_for(cfg.data.dataset)
     labelled = [r for r in train_records or [] if r.get("labels") is not None]
     return CheXNetConfig(
-        vision={**cfg.model.vision, "img_size": cfg.data.image_size},
+        **{**cfg.model.values, "vision": {**cfg.model.vision, "img_size": cfg.data.image_size}},
         label_names=names,
         positive_fraction=positive_fraction(labelled, len(names), cfg.eval.uncertain) if labelled else None,
-        dropout=cfg.model.dropout,
     )
 
 
 def build_model(cfg: RunConfig, processor: MedVLMProcessor, train_records: list[dict] | None = None):
     """A MedVLMForConditionalGeneration, or with model.architecture=chexnet a
     CheXNetForImageClassification (its class weights need `train_records`)."""
-    if architecture_of(cfg) == "chexnet":
-        if cfg.model.init_from:
-            return CheXNetForImageClassification.from_pretrained(cfg.model.init_from)
+    if cfg.model.architecture == "chexnet":
+        if cfg.train.init_from:
+            return CheXNetForImageClassification.from_pretrained(cfg.train.init_from)
         model = CheXNetForImageClassification(chexnet_config(cfg, train_records))
         model.load_pretrained_backbone()
         return model
-    if cfg.model.init_from:
-        model = MedVLMForConditionalGeneration.from_pretrained(cfg.model.init_from)
+    if cfg.train.init_from:
+        model = MedVLMForConditionalGeneration.from_pretrained(cfg.train.init_from)
         # loss weights are training choices, not part of the pretrained model
-        for key in ("contrastive_weight", "caption_weight", "label_smoothing"):
+        for key in TRAINING_CHOICES:
             setattr(model.config, key, getattr(cfg.model, key))
+        _warn_contradictions(cfg, model.config)
         return model
     model = MedVLMForConditionalGeneration(model_config(cfg, processor.tokenizer))
-    model.model.load_pretrained_towers()
+    model.load_pretrained_towers()
     return model
+
+
+def _warn_contradictions(cfg: RunConfig, loaded: MedVLMConfig) -> None:
+    """With train.init_from the architecture is the checkpoint's: say which settings of the
+    model section it overrules (those that agree with it are harmless)."""
+    def agrees(key, value) -> bool:
+        if isinstance(value, dict):  # vision / text: the keys the preset names
+            return all(getattr(loaded, key).get(k) == v for k, v in value.items())
+        return getattr(loaded, key, None) == value
+
+    overruled = [k for k, v in cfg.model.values.items() if k not in TRAINING_CHOICES and not agrees(k, v)]
+    if overruled:
+        log.warning("train.init_from=%s: the model is the checkpoint's; the config's model.%s differ from it "
+                    "and are not used", cfg.train.init_from, ", model.".join(sorted(overruled)))
 
 
 def load_trained(path: str | Path) -> tuple[MedVLMForConditionalGeneration, MedVLMProcessor, RunConfig | None]:
@@ -138,7 +137,7 @@ def load_trained(path: str | Path) -> tuple[MedVLMForConditionalGeneration, MedV
 def training_hooks(cfg: RunConfig, processor: MedVLMProcessor, validation_records: list[dict] | None):
     """(evaluate_fn, collate) for the Trainer: CheXNet batches labels and reports AUROC; VQA data
     reports answer accuracy; report data (the default, collate None) generation metrics."""
-    if architecture_of(cfg) == "chexnet":
+    if cfg.model.architecture == "chexnet":
         from .tasks.classification import LabelCollator, classifier_training_evaluator, label_names_for
 
         collate = LabelCollator(len(label_names_for(cfg.data.dataset)), cfg.eval.uncertain)

@@ -50,3 +50,53 @@ def test_missing_file_and_malformed_override():
 def test_presets_load(preset):
     cfg = load_config(CONFIGS / preset)
     assert cfg.train.max_steps > 0
+
+
+# ---- the model section is checked by the model's own config class (one schema)
+
+@pytest.mark.parametrize("override, message", [
+    ("model.fusion_layer=3", "unknown config key 'model.fusion_layer' (did you mean 'fusion_layers'?)"),
+    ("model.fusion_layers=two", "'model.fusion_layers' must be int"),
+    ("model.init_from=runs/demo/final", "'model.init_from' is now 'train.init_from'"),
+    ("model.vocab_size=99", "'model.vocab_size' is not set in a run config: it is the tokenizer's"),
+    ("model.vision.model_nam=resnet18", "unknown config key 'model.vision.model_nam' (did you mean 'model_name'?)"),
+    ("model.vision.img_size=64", "it is data.image_size"),
+    ("model.architecture=clip", "model.architecture: unknown 'clip'"),
+    ("model.text={n_embd: 32}", None),  # the GPT-2 defaults fill the rest
+])
+def test_model_section_is_checked_by_the_model_config(override, message):
+    if message is None:
+        assert load_config(None, [override]).model.text["model_type"] == "gpt2"
+        return
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        load_config(None, [override])
+
+
+def test_model_defaults_come_from_medvlm_config():
+    from medvlm.modeling import MedVLMConfig
+
+    cfg = load_config(None, ["model.text.n_layer=3", "model.max_logit_scale=50"])
+    assert cfg.model.values == {"text": {"n_layer": 3}, "max_logit_scale": 50.0}
+    defaults = MedVLMConfig()
+    for name in ("fusion_layers", "fusion_heads", "embed_dim", "caption_weight", "init_temperature"):
+        assert getattr(cfg.model, name) == getattr(defaults, name)
+    assert cfg.model.text == {**defaults.text, "n_layer": 3}
+    assert cfg.model.max_logit_scale == 50.0  # any MedVLMConfig field is a run-config key
+
+
+def test_chexnet_section_is_checked_by_chexnet_config():
+    cfg = load_config(CONFIGS / "chexnet.yaml")
+    assert cfg.model.architecture == "chexnet" and cfg.model.vision["model_name"] == "densenet121"
+    with pytest.raises(ConfigError, match="unknown config key 'model.fusion_layers'"):
+        load_config(CONFIGS / "chexnet.yaml", ["model.fusion_layers=2"])
+    with pytest.raises(ConfigError, match="'model.label_names' is not set in a run config"):
+        load_config(CONFIGS / "chexnet.yaml", ["model.label_names=[a]"])
+
+
+@pytest.mark.parametrize("preset", ["demo.yaml", "chexnet.yaml", "vqa_demo.yaml"])
+def test_saved_run_config_reloads_to_the_same_settings(tmp_path, preset):
+    cfg = load_config(CONFIGS / preset)
+    cfg.save(tmp_path / "run_config.yaml")
+    again = load_config(tmp_path / "run_config.yaml")
+    assert again.to_dict() == cfg.to_dict()
+    assert again.model.vision == cfg.model.vision

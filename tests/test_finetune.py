@@ -13,7 +13,7 @@ def test_lora_finetune_merges_and_reloads(pretrained, tmp_path):
     out = tmp_path / "lora"
     assert load_script("train").main([
         "--config", str(ROOT / "configs/demo.yaml"), f"train.output_dir={out}", *TINY,
-        f"model.init_from={pretrained}", "train.max_steps=3", "train.eval_every=0", "train.save_every=2",
+        f"train.init_from={pretrained}", "train.max_steps=3", "train.eval_every=0", "train.save_every=2",
         "train.learning_rate=1.0e-2", "train.lora={r: 4, alpha: 8, towers: [fusion, text]}"]) == 0
     merged = load_file(str(out / "final" / "model.safetensors"))
     base = load_file(str(pretrained / "model.safetensors"))

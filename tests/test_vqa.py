@@ -63,7 +63,7 @@ def test_prompt_tokens_carry_no_loss(pretrained):
 def test_finetune_eval_and_answer_on_synthetic_questions(pretrained, tmp_path, capsys):
     out = tmp_path / "vqa"
     assert load_script("train").main(["--config", str(ROOT / "configs/vqa_demo.yaml"), f"train.output_dir={out}",
-                                      f"model.init_from={pretrained}", "train.max_steps=2", "train.eval_every=2",
+                                      f"train.init_from={pretrained}", "train.max_steps=2", "train.eval_every=2",
                                       "train.save_every=0", *TINY_VQA]) == 0
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("val_vqa_overall_acc" in r for r in log)  # the training evaluator answers questions
@@ -102,7 +102,7 @@ def test_vqa_rad_sample_loads_and_fine_tunes_one_epoch(pretrained, tmp_path):
     out = tmp_path / "vqa_rad"
     overrides = [t for t in TINY if not t.startswith(("data.options", "train.batch_size", "train.eval"))]
     assert main(["train", "--config", str(ROOT / "configs/vqa_rad.yaml"), f"data.root={VQA_RAD_SAMPLE}",
-                 "data.options={validation_fraction: 0.2}", f"model.init_from={pretrained}",
+                 "data.options={validation_fraction: 0.2}", f"train.init_from={pretrained}",
                  f"train.output_dir={out}", f"train.batch_size={batch_size}",
                  f"train.max_steps={math.ceil(len(train) / batch_size)}",  # one epoch
                  "train.eval_every=0", "train.save_every=0", *overrides]) == 0

@@ -37,6 +37,10 @@ class CheXNetConfig(PreTrainedConfig):
     """
 
     model_type = "chexnet"
+    # keys a run config's model section may not set, and where they come from instead
+    derived_fields = {"label_names": "they are the dataset's labels",
+                      "positive_fraction": "it is measured on the training split"}
+    vision_keys = tuple(DEFAULT_VISION)
 
     vision: dict | None = None
     label_names: list | None = None

@@ -22,7 +22,18 @@ DEFAULT_VISION = {
     "pool_tokens": False,
     "pretrained_path": None,
 }
-DEFAULT_TEXT = {"model_type": "gpt2", "n_embd": 256, "n_layer": 4, "n_head": 4, "n_positions": 256}
+DEFAULT_TEXT = {"model_type": "gpt2", "n_embd": 256, "n_layer": 2, "n_head": 4}
+
+
+def merged_text(text: dict | None) -> dict:
+    """`text` over DEFAULT_TEXT key by key when it names the default family (or no family and no
+    checkpoint, whose own config then applies), else as given."""
+    text = dict(text or {})
+    if "pretrained_path" in text and "model_type" not in text:
+        return text  # completed from the checkpoint's config by the caller
+    if text.get("model_type", DEFAULT_TEXT["model_type"]) == DEFAULT_TEXT["model_type"]:
+        return {**DEFAULT_TEXT, **text}
+    return text
 
 
 @strict
@@ -50,6 +61,12 @@ class MedVLMConfig(PreTrainedConfig):
     """
 
     model_type = "medvlm"
+    # keys a run config's model section may not set, and where they come from instead
+    derived_fields = {
+        "vocab_size": "it is the tokenizer's", "bos_token_id": "it is the tokenizer's",
+        "eos_token_id": "it is the tokenizer's", "pad_token_id": "it is the tokenizer's",
+    }
+    vision_keys = tuple(DEFAULT_VISION)
 
     vision: dict | None = None
     text: dict | None = None
@@ -75,9 +92,7 @@ class MedVLMConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         self.vision = {**DEFAULT_VISION, **(self.vision or {})}
-        self.text = dict(self.text or DEFAULT_TEXT)
-        if "model_type" not in self.text:
-            raise ValueError("MedVLMConfig.text needs a 'model_type' (e.g. 'gpt2' or 'bert')")
+        self.text = merged_text(self.text)
         # the text tower shares the tokenizer, hence the vocabulary and special ids, of the whole model
         self.text.update(vocab_size=self.vocab_size, bos_token_id=self.bos_token_id,
                          eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id)
