@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from medvlm.errors import UserError
 from medvlm.metrics.chexpert import (clinical_efficacy, label_file, label_main, label_report, label_reports,
                                      read_reports)
 from medvlm.observations import CHEXPERT_OBSERVATIONS as OBS
@@ -172,8 +173,28 @@ def test_label_file_csv(tmp_path, column):
 def test_csv_without_report_column_names_the_columns(tmp_path):
     source = tmp_path / "bad.csv"
     source.write_text("id,findings\n1,No effusion.\n")
-    with pytest.raises(ValueError, match="found: id, findings"):
+    with pytest.raises(UserError, match=r"bad\.csv: no report column.*found: id, findings"):
         label_file(source, tmp_path / "out.csv")
+
+
+@pytest.mark.parametrize("line, expected", [
+    ('{"id": 1}', r"bad\.jsonl:2: no 'report' or 'text' key \(keys: id\)"),
+    ("{not json", r"bad\.jsonl:2: not valid JSON"),
+    ('"a report"', r"bad\.jsonl:2: expected a JSON object .* found str"),
+])
+def test_bad_jsonl_line_names_file_and_line(tmp_path, line, expected):
+    source = tmp_path / "bad.jsonl"
+    source.write_text('{"report": "No effusion."}\n' + line + "\n")
+    with pytest.raises(UserError, match=expected):
+        read_reports(source)
+
+
+def test_unreadable_reports_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match=r"missing\.txt: cannot read"):
+        read_reports(tmp_path / "missing.txt")
+    with pytest.raises(UserError, match=r"reports\.txt: not UTF-8"):
+        (tmp_path / "reports.txt").write_bytes(b"No effusion \xff\xfe.\n")
+        read_reports(tmp_path / "reports.txt")
 
 
 def test_label_main(tmp_path, capsys):
@@ -229,7 +250,7 @@ def test_clinical_efficacy_uncertain_positive_and_ignore():
     ignore = clinical_efficacy(REF, GEN, uncertain="ignore")
     assert ignore["ce_micro_f1"] == pytest.approx(2 / 3)  # uncertain pairs dropped: tp2 fp1 fn1
     assert ignore["ce_f1.Cardiomegaly"] == 1.0 and ignore["ce_recall.Pleural Effusion"] == 0.0
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="uncertain must be"):
         clinical_efficacy(REF, GEN, uncertain="maybe")
 
 

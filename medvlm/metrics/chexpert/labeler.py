@@ -1,4 +1,4 @@
-"""A rule-based labeler for the 14 CheXpert observations, and clinical efficacy (CE) scores.
+"""A rule-based labeler for the 14 CheXpert observations.
 
 The labeler follows the CheXpert labeler's three stages (Irvin et al., AAAI 2019) without its
 parser: mention extraction from phrase lists, mention classification (negative, uncertain,
@@ -45,24 +45,19 @@ positive) from cue phrases with limited scope, and aggregation per report.
 
 This is a heuristic labeler, not the CheXpert labeler: compare results only with scores made
 by the same labeler. ``benchmarks/labeler_vs_iu_problems.py`` measures its agreement with the
-human `Problems` annotations of IU X-ray.
+human `Problems` annotations of IU X-ray. Clinical efficacy scores from these labels are in
+`efficacy`; the `medvlm label` command is in `command`.
 """
 
 from __future__ import annotations
 
-import argparse
 import bisect
-import csv
-import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from ..observations import CHEXPERT_OBSERVATIONS
+from ...observations import CHEXPERT_OBSERVATIONS
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
 
@@ -610,168 +605,3 @@ def label_reports(texts) -> np.ndarray:
     if not texts:
         return np.zeros((0, len(CHEXPERT_OBSERVATIONS)))
     return np.array([label_report(t) for t in texts], dtype=float)
-
-
-# ================================================================== files and the command line
-
-_TEXT_COLUMNS = ("Reports", "report", "text")
-
-
-def read_reports(path) -> list[str]:
-    """Reports from a .txt (one report per line), .jsonl (a "report" or "text" key per line) or
-    .csv (a "Reports", "report" or "text" column) file."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        reports = []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                key = next((k for k in ("report", "text") if k in record), None)
-                if key is None:
-                    raise ValueError(f"{path}:{number}: no 'report' or 'text' key (keys: {', '.join(record)})")
-                reports.append(record[key] or "")
-        return reports
-    if suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            column = next((c for c in _TEXT_COLUMNS if c in columns), None)
-            if column is None:
-                raise ValueError(f"{path}: no report column; expected one of {', '.join(_TEXT_COLUMNS)}, "
-                                 f"found: {', '.join(columns) or '(none)'}")
-            return [row[column] or "" for row in reader]
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n").rstrip("\r") for line in f if line.strip()]
-
-
-def write_labels_csv(reports: list[str], labels: np.ndarray, out_csv) -> None:
-    """The CheXpert labeler's output layout: `Reports`, then the 14 observations with
-    1.0 / 0.0 / -1.0 or blank. Written atomically."""
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_csv.parent, prefix=f".{out_csv.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["Reports", *CHEXPERT_OBSERVATIONS])
-            for report, row in zip(reports, labels):
-                writer.writerow([report, *("" if np.isnan(v) else f"{v:.1f}" for v in row)])
-        os.replace(tmp, out_csv)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def label_file(in_path, out_csv) -> np.ndarray:
-    """Label every report of a txt/JSONL/CSV file and write the CheXpert-layout CSV; returns
-    the (N, 14) labels."""
-    reports = read_reports(in_path)
-    labels = label_reports(reports)
-    write_labels_csv(reports, labels, out_csv)
-    return labels
-
-
-def label_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="medvlm label",
-        description="Label radiology reports with the 14 CheXpert observations (medvlm's rule-based "
-                    "labeler) and write them in the CheXpert labeler's CSV layout: Reports, then "
-                    "1.0 positive / 0.0 negative / -1.0 uncertain / blank not mentioned.")
-    parser.add_argument("reports", help="a .txt file (one report per line), .jsonl (a 'report' or 'text' key) "
-                                        "or .csv (a 'Reports', 'report' or 'text' column)")
-    parser.add_argument("-o", "--out", help="output CSV (default: <reports>_labeled.csv next to the input)")
-    parser.add_argument("--mentions", action="store_true",
-                        help="also print every mention found with its label (for checking the labeler)")
-    args = parser.parse_args(argv)
-    in_path = Path(args.reports)
-    out = Path(args.out) if args.out else in_path.with_name(in_path.stem + "_labeled.csv")
-    reports = read_reports(in_path)
-    labels = label_reports(reports)
-    write_labels_csv(reports, labels, out)
-    if args.mentions:
-        for i, report in enumerate(reports):
-            for observation, text, label in extract_mentions(report):
-                print(f"{i}\t{observation}\t{label:+.0f}\t{text}")
-    positives = {name: int((labels[:, j] == POSITIVE).sum()) for j, name in enumerate(CHEXPERT_OBSERVATIONS)}
-    print(json.dumps({"reports": len(reports), "out": str(out), "positives": positives}, indent=1))
-    return 0
-
-
-# ================================================================== clinical efficacy
-
-def _binary(labels, uncertain: str) -> np.ndarray:
-    """Positive = 1; uncertain (-1) mapped per `uncertain`; 0 and NaN negative. "ignore" marks
-    uncertain entries with -1 so they can be dropped pairwise."""
-    labels = np.asarray(labels, dtype=float)
-    out = (labels == POSITIVE).astype(np.int8)
-    if uncertain == "positive":
-        out[labels == UNCERTAIN] = 1
-    elif uncertain == "ignore":
-        out[labels == UNCERTAIN] = -1
-    elif uncertain != "negative":
-        raise ValueError(f"uncertain must be 'negative', 'positive' or 'ignore', not {uncertain!r}")
-    return out
-
-
-def _prf(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return precision, recall, f1
-
-
-def label_counts(ref_labels, gen_labels, uncertain: str = "negative") -> np.ndarray:
-    """Per-item, per-observation (tp, fp, fn) indicators: int array (N, 14, 3). With
-    ``uncertain="ignore"`` a pair where either side is uncertain counts nowhere."""
-    ref = _binary(ref_labels, uncertain)
-    gen = _binary(gen_labels, uncertain)
-    if ref.shape != gen.shape or ref.ndim != 2 or ref.shape[1] != len(CHEXPERT_OBSERVATIONS):
-        raise ValueError(f"label arrays must both be (N, {len(CHEXPERT_OBSERVATIONS)}), "
-                         f"got {ref.shape} and {gen.shape}")
-    valid = (ref >= 0) & (gen >= 0)
-    tp = (ref == 1) & (gen == 1) & valid
-    fp = (ref == 0) & (gen == 1) & valid
-    fn = (ref == 1) & (gen == 0) & valid
-    return np.stack([tp, fp, fn], axis=-1).astype(np.int64)
-
-
-def efficacy_from_counts(counts: np.ndarray) -> dict:
-    """CE scores from summed (14, 3) tp/fp/fn counts; see `clinical_efficacy`."""
-    metrics = {}
-    tp, fp, fn = (counts[:, k].sum() for k in range(3))
-    metrics["ce_precision"], metrics["ce_recall"], metrics["ce_micro_f1"] = _prf(tp, fp, fn)
-    per_label = [_prf(*counts[j]) for j in range(len(CHEXPERT_OBSERVATIONS))]
-    active = [j for j in range(len(CHEXPERT_OBSERVATIONS)) if counts[j].sum() > 0]
-    for k, key in enumerate(("ce_macro_precision", "ce_macro_recall", "ce_macro_f1")):
-        metrics[key] = float(np.mean([per_label[j][k] for j in active])) if active else 0.0
-    for j, name in enumerate(CHEXPERT_OBSERVATIONS):
-        precision, recall, f1 = per_label[j]
-        metrics[f"ce_precision.{name}"] = precision
-        metrics[f"ce_recall.{name}"] = recall
-        metrics[f"ce_f1.{name}"] = f1
-    return {k: float(v) for k, v in metrics.items()}
-
-
-def clinical_efficacy(ref_labels, gen_labels, uncertain: str = "negative") -> dict:
-    """Clinical efficacy: how well the labels of generated reports match those of the references.
-
-    Both inputs are (N, 14) arrays from `label_reports`. A label counts as positive when it is 1;
-    an uncertain -1 counts as negative (``uncertain="negative"``, the R2Gen-era convention),
-    positive (``"positive"``), or the pair is left out for that observation when either side is
-    uncertain (``"ignore"``); NaN (not mentioned) is negative. All 14 observations are scored,
-    No Finding included (as in the CheXpert-based CE of R2Gen and later papers).
-
-    Returns ``ce_precision``, ``ce_recall``, ``ce_micro_f1`` (micro: tp/fp/fn summed over all
-    observations), ``ce_macro_precision``, ``ce_macro_recall``, ``ce_macro_f1`` and per
-    observation ``ce_precision.<name>``, ``ce_recall.<name>``, ``ce_f1.<name>``.
-
-    Zero divisions give 0. The macro averages run over the observations that are positive in at
-    least one reference or one generated report (tp + fp + fn > 0); an observation absent from
-    both sides has no defined score and is left out rather than counted as 0 (or as 1). Its
-    per-label entries are still written, as 0.
-    """
-    return efficacy_from_counts(label_counts(ref_labels, gen_labels, uncertain).sum(axis=0))

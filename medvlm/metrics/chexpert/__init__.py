@@ -1,0 +1,23 @@
+"""CheXpert observations from report text, and clinical efficacy (CE) scores.
+
+- `labeler`: the rule-based labeler (phrase lists, negation and uncertainty cues, aggregation);
+  `label_report`, `label_reports`, `extract_mentions`
+- `efficacy`: CE precision / recall / F1 between the labels of generated and reference reports
+- `command`: the `medvlm label` command and its file reading and writing
+
+Everything other code imports is re-exported here: ``from medvlm.metrics.chexpert import X``.
+"""
+
+from .command import label_file, label_main, read_reports, write_labels_csv
+from .efficacy import clinical_efficacy, efficacy_from_counts, label_counts
+from .labeler import (
+    CARDIOMEGALY, CUES, ECM, EXCLUSIONS, MENTIONS, NEGATIVE, NO_FINDING, OBS_INDEX, POSITIVE, SIZE_SUBJECTS,
+    SUPPORT_DEVICES, UNCERTAIN, Span, extract_mentions, label_report, label_reports, split_clauses,
+)
+
+__all__ = [
+    "CARDIOMEGALY", "CUES", "ECM", "EXCLUSIONS", "MENTIONS", "NEGATIVE", "NO_FINDING", "OBS_INDEX", "POSITIVE",
+    "SIZE_SUBJECTS", "SUPPORT_DEVICES", "UNCERTAIN", "Span", "clinical_efficacy", "efficacy_from_counts",
+    "extract_mentions", "label_counts", "label_file", "label_main", "label_report", "label_reports",
+    "read_reports", "split_clauses", "write_labels_csv",
+]
