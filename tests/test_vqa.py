@@ -8,13 +8,24 @@ from pathlib import Path
 import pytest
 
 from medvlm.cli import main
-from medvlm.metrics.vqa import majority_answers, token_f1, vqa_scores
+from medvlm.metrics.vqa import majority_answers, normalize_answer, token_f1, vqa_scores
 from tiny import ROOT, TINY, load_script
 
 VQA_RAD_SAMPLE = ROOT.parent / "shared" / "data" / "vqa_rad_sample"
 TINY_VQA = [t for t in TINY if not t.startswith("data.options")] + [
     "data.options={num_train: 12, num_validation: 4, num_test: 6, seed: 3, vqa: true, questions_per_study: 2}",
     "model.contrastive_weight=0.0", "model.caption_weight=1.0"]
+
+
+def test_normalize_answer():
+    assert normalize_answer("Yes.") == "yes" and normalize_answer(" NO ") == "no"
+    assert normalize_answer("True") == "yes"
+    assert normalize_answer("The left lung") == "left lung"
+    assert normalize_answer("two") == normalize_answer(2) == "2"
+    assert normalize_answer("2.5 cm") == "2.5 cm"
+    assert normalize_answer("Right-sided, upper lobe!") == "right sided upper lobe"
+    assert normalize_answer("patient's  heart") == "patients heart"
+    assert normalize_answer("none") == "none"
 
 
 def test_vqa_scores_normalise_answers():

@@ -1,17 +1,48 @@
 """VQA scores: exact-match accuracy of normalised answers (closed, open, overall) and token F1
 of open answers, plus the majority-answer baselines they are read beside.
 
-Normalisation is `medvlm.data.vqa.normalize_answer` (case, punctuation, articles, number words,
-yes/no synonyms), the one the loaders document.
+Answers are compared after `normalize_answer` (case, punctuation, articles, number words,
+yes/no synonyms).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import numpy as np
 
-from ..data.vqa import normalize_answer
+_NUMBER_WORDS = {
+    w: str(i) for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+_ARTICLES = {"a", "an", "the"}
+_YES = {"yes", "y", "yeah", "yep", "true"}
+_NO = {"no", "n", "nope", "false"}
+_PERIOD_RE = re.compile(r"(?<!\d)\.|\.(?!\d)")  # periods that are not decimal points
+_PUNCT_RE = re.compile(r"[^\w\s.]")
+
+
+def normalize_answer(answer) -> str:
+    """Canonical form of a VQA answer, for exact-match accuracy.
+
+    Lower-case; apostrophes removed; other punctuation becomes a space (a decimal point between
+    digits is kept: "2.5 cm"); articles a/an/the removed; number words zero..twenty become
+    digits; whitespace collapsed; yes/y/yeah/yep/true -> "yes" and no/n/nope/false -> "no".
+    Non-strings (VQA-RAD has a few integer answers) are formatted with str() first.
+    """
+    s = str(answer).lower().replace("'", "").replace("\u2019", "")
+    s = _PERIOD_RE.sub(" ", s)
+    s = _PUNCT_RE.sub(" ", s)
+    words = [_NUMBER_WORDS.get(w, w) for w in s.split() if w not in _ARTICLES]
+    s = " ".join(words)
+    if s in _YES:
+        return "yes"
+    if s in _NO:
+        return "no"
+    return s
 
 
 def token_f1(prediction: str, reference: str) -> float:
