@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 
+from medvlm.errors import UserError
 from medvlm.metrics.bootstrap import (bleu_item_statistics, bootstrap_intervals, corpus_bleu, resample_weights)
 from medvlm.metrics.chexpert import label_reports
 from medvlm.metrics.nlg import _as_coco, compute_nlg
@@ -54,6 +55,8 @@ def test_intervals_keys_seed_and_bounds():
         assert ci[key][0] <= point[key] <= ci[key][1]
     assert ci == bootstrap_intervals(refs, hyps, n_resamples=50, seed=7)
     assert ci != bootstrap_intervals(refs, hyps, n_resamples=50, seed=8)
+    with pytest.raises(UserError, match="n_resamples must be at least 1, got 0"):
+        bootstrap_intervals(refs, hyps, n_resamples=0)
 
 
 def test_perfect_generations_have_degenerate_ce_intervals():

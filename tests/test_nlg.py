@@ -12,6 +12,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
+from medvlm.errors import UserError
 from medvlm.metrics import nlg
 from medvlm.metrics.nlg import compute_nlg, evaluate_module_path, tokenize_report
 
@@ -130,7 +131,7 @@ def test_evaluate_module_path():
     for name in ("bleu", "meteor", "rouge_l", "cider", "nlg", "clinical_efficacy"):
         path = evaluate_module_path(name)
         assert os.path.isfile(os.path.join(path, f"{name}.py"))
-    with pytest.raises(ValueError, match="shipped"):
+    with pytest.raises(UserError, match="shipped"):
         evaluate_module_path("sacrebleu")
 
 

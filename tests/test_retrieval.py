@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from medvlm.cli import main
+from medvlm.errors import UserError
 from medvlm.metrics.classification import auroc, auroc_per_label, binarize_labels
 from medvlm.metrics.retrieval import random_recall_at_k, recall_at_k, retrieval_metrics
 
@@ -42,6 +43,8 @@ def test_binarize_labels_policies():
     assert binarize_labels(labels).tolist() == [[1, 0, 0, 0]]
     assert binarize_labels(labels, "positive").tolist() == [[1, 0, 1, 0]]
     assert np.isnan(binarize_labels(labels, "ignore")[0, 2])
+    with pytest.raises(UserError, match="uncertain must be"):
+        binarize_labels(labels, "maybe")
 
 
 def test_recall_at_k_counts_any_relevant_candidate():

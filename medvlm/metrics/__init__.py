@@ -1,6 +1,11 @@
 """Evaluation metrics: pure functions over strings and label arrays (no model, no torch).
 
-- `nlg`: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (pycocoevalcap) and the shipped `evaluate` modules
-- `chexpert`: rule-based CheXpert labeler and clinical efficacy
+- `nlg`: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (pycocoevalcap)
+- `evaluate_modules`: those metrics and clinical efficacy as Hugging Face `evaluate` modules
+- `chexpert`: the rule-based CheXpert labeler (`chexpert.labeler`), clinical efficacy
+  (`chexpert.efficacy`) and the `medvlm label` command (`chexpert.command`)
 - `bootstrap`: bootstrap confidence intervals for all of them
+- `vqa`, `retrieval`, `classification`, `localization`: the other tasks' scores
+
+Nothing here imports from `medvlm.data` or `medvlm.modeling`.
 """

@@ -26,6 +26,7 @@ import logging
 import numpy as np
 from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
 
+from ..errors import UserError
 from .chexpert import efficacy_from_counts, label_counts, label_reports
 from .nlg import (MeteorProcess, _as_coco, cider_per_item, meteor_available, rouge_l_per_item)
 
@@ -112,7 +113,7 @@ def bootstrap_intervals(references: list[str], hypotheses: list[str], ref_labels
     module docstring.
     """
     if n_resamples < 1:
-        raise ValueError("n_resamples must be at least 1")
+        raise UserError(f"n_resamples must be at least 1, got {n_resamples}")
     gts, res = _as_coco(references, hypotheses)
     n = len(gts)
     weights = resample_weights(n, n_resamples, seed)  # (R, N)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UserError
+
 
 def auroc(scores, targets) -> float:
     """AUROC of `scores` (N,) against binary `targets` (N,) (1 positive, 0 negative).
@@ -45,7 +47,7 @@ def binarize_labels(labels, uncertain: str = "negative") -> np.ndarray:
     elif uncertain == "ignore":
         out = np.where(out == -1, np.nan, out)
     else:
-        raise ValueError(f"uncertain must be 'negative', 'positive' or 'ignore', got {uncertain!r}")
+        raise UserError(f"uncertain must be 'negative', 'positive' or 'ignore', got {uncertain!r}")
     return out
 
 

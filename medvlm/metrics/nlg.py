@@ -38,6 +38,8 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
+from ..errors import UserError
+
 logger = logging.getLogger(__name__)
 
 NLG_KEYS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
@@ -245,5 +247,5 @@ def evaluate_module_path(name: str) -> str:
     path = os.path.join(root, name)
     if not os.path.isfile(os.path.join(path, f"{name}.py")):
         names = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, f"{d}.py")))
-        raise ValueError(f"no evaluate module {name!r}; shipped: {', '.join(names)}")
+        raise UserError(f"no evaluate module {name!r}; shipped: {', '.join(names)}")
     return path
