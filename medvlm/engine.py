@@ -1,35 +1,33 @@
-"""The training loop on accelerate: optimisation, periodic evaluation, atomic checkpoints,
-exact resume, and logs (JSONL, TensorBoard, tqdm, a loss-curve PNG)."""
+"""The training loop on accelerate: optimisation, periodic evaluation, checkpoints and exact
+resume (their format and atomic writing: `medvlm.checkpointing`), and logs (JSONL, TensorBoard,
+tqdm, a loss-curve PNG)."""
 
-import hashlib
 import json
 import logging
 import math
-import os
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from accelerate import Accelerator
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from .checkpointing import (
+    CHECKPOINTS, STATE_FILE, atomic_write_text, load_training_checkpoint, resolve_resume, save_model_dir,
+    write_atomically, write_training_checkpoint,
+)
+from .checkpointing import checkpoint_problem, find_resumable_checkpoint  # noqa: F401  (re-exported)
 from .config import RunConfig
-from .model_card import write_model_card, write_run_info
-from .finetuning import base_model, exportable, trainable_state
+from .errors import UserError
+from .finetuning import base_model, exportable
+from .model_card import write_run_info
 from .processing import Collator, MedVLMProcessor, RecordDataset
 
 log = logging.getLogger(__name__)
-CHECKPOINTS = "checkpoints"
-COMPLETE_MARKER = "COMPLETE"
-STATE_FILE = "trainer_state.json"
-TRAINABLE_FILE = "trainable.safetensors"
 LOSS_KEYS = ("loss", "caption_loss", "contrastive_loss")
 
 
@@ -69,112 +67,28 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_ratio
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-# ---------------------------------------------------------------- checkpoints
+class _LogWindow:
+    """The micro-batches since the last log line: their losses, samples and time, and the
+    contrastive temperature (`logit_scale`) of the last one's forward pass."""
 
-def _rng_state() -> dict:
-    numpy_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-    }
+    def __init__(self):
+        self.losses = {k: [] for k in LOSS_KEYS}
+        self.start, self.samples = time.perf_counter(), 0
+        self.logit_scale = None
 
+    def add(self, out, samples: int) -> None:
+        self.samples += samples
+        for key in LOSS_KEYS:
+            if getattr(out, key, None) is not None:
+                self.losses[key].append(float(out[key].detach()))
+        if getattr(out, "logit_scale", None) is not None:  # CheXNet outputs have none
+            self.logit_scale = float(out.logit_scale.detach())
 
-def _set_rng_state(state: dict, torch_state: dict) -> None:
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(torch_state["torch"])
-    if torch.cuda.is_available() and "cuda" in torch_state:
-        torch.cuda.set_rng_state_all(torch_state["cuda"])
+    def samples_per_s(self) -> float:
+        return self.samples / max(time.perf_counter() - self.start, 1e-9)
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Write a directory via `write(tmp_dir)`, then rename it into place; a crash mid-way
-    leaves only a `.tmp-*` directory, never a half-written `target`."""
-    target = Path(target)
-    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    manifest = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir()) if f.is_file()}
-    (tmp / COMPLETE_MARKER).write_text(json.dumps({"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": manifest}))
-    if target.exists():
-        old = target.parent / f".old-{target.name}-{os.getpid()}"
-        target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(target)
-    return target
-
-
-def save_model_dir(out: Path, model, processor: MedVLMProcessor, run_config: RunConfig,
-                   metrics: dict | None = None) -> None:
-    model.save_pretrained(str(out))
-    processor.save_pretrained(out)
-    run_config.save(out / "run_config.yaml")
-    write_model_card(out, run_config, metrics, split="validation subset")
-
-
-def checkpoint_problem(path: Path) -> str | None:
-    """Why a checkpoint directory cannot be resumed from, or None when every file it lists in its
-    COMPLETE manifest is present with the recorded size and SHA-256."""
-    marker = path / COMPLETE_MARKER
-    if not marker.is_file():
-        return "no COMPLETE marker (interrupted while writing)"
-    try:
-        files = json.loads(marker.read_text())["files"]
-    except (ValueError, KeyError) as error:
-        return f"unreadable {COMPLETE_MARKER} manifest ({error})"
-    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", STATE_FILE):
-        if name not in files:
-            return f"{name} is not part of the checkpoint"
-    for name, expected in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != expected["size"]:
-            return f"{name} is truncated or altered ({file.stat().st_size} bytes, expected {expected['size']})"
-        if _sha256(file) != expected["sha256"]:
-            return f"{name} is corrupted (checksum mismatch)"
-    return None
-
-
-def find_resumable_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint under output_dir/checkpoints; damaged ones are reported and skipped."""
-    root = Path(output_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return None
-    candidates = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]), reverse=True)
-    for path in candidates:
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return path
-        log.warning("skipping checkpoint %s: %s", path, problem)
-        print(f"[medvlm] skipping checkpoint {path}: {problem}")
-    return None
-
-
-def resolve_resume(cfg: RunConfig) -> Path | None:
-    """`train.resume`: None, a checkpoint directory, or "auto" (newest complete one, else start fresh)."""
-    resume = cfg.train.resume
-    if resume is None:
-        return None
-    if resume == "auto":
-        found = find_resumable_checkpoint(Path(cfg.train.output_dir))
-        if found is None:
-            print(f"[medvlm] resume auto: no complete checkpoint in {cfg.train.output_dir}; starting fresh")
-        return found
-    return Path(resume)
+    def mean_losses(self) -> dict:
+        return {k: sum(v) / len(v) for k, v in self.losses.items() if v}
 
 
 # ---------------------------------------------------------------- the loop
@@ -201,7 +115,8 @@ class Trainer:
                                        dynamo_backend="inductor" if t.compile else "no")
         if t.gradient_checkpointing:
             if not getattr(model, "supports_gradient_checkpointing", False):
-                raise ValueError(f"train.gradient_checkpointing: {type(model).__name__} does not support it")
+                raise UserError(f"train.gradient_checkpointing=true: {type(model).__name__} does not support it; "
+                                "set it to false")
             model.activation_checkpointing_enable()
         self.processor = processor
         self.train_set = RecordDataset(train_records, processor.with_augmentation(run_config.data.augment),
@@ -247,21 +162,8 @@ class Trainer:
         path = self.output_dir / CHECKPOINTS / f"step-{self.state.step:07d}"
         if self.is_main:
             model = self.accelerator.unwrap_model(self.model)
-
-            def write(tmp: Path) -> None:
-                save_model_dir(tmp, exportable(model), self.processor, self.cfg)
-                if model is not base_model(model):  # LoRA: the adapters, to resume on top of the frozen base
-                    save_file(trainable_state(model), str(tmp / TRAINABLE_FILE))
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-                torch_rng = {"torch": torch.get_rng_state()}
-                if torch.cuda.is_available():
-                    torch_rng["cuda"] = torch.cuda.get_rng_state_all()
-                torch.save(torch_rng, tmp / "rng.pt")
-                (tmp / "rng_host.json").write_text(json.dumps(_rng_state()))
-                (tmp / STATE_FILE).write_text(json.dumps(asdict(self.state), indent=1))
-
-            write_atomically(path, write)
+            write_atomically(path, lambda tmp: write_training_checkpoint(
+                tmp, model, self.processor, self.cfg, self.optimizer, self.scheduler, asdict(self.state)))
             self._prune_checkpoints()
         self.accelerator.wait_for_everyone()
         return path
@@ -277,25 +179,8 @@ class Trainer:
             shutil.rmtree(leftover, ignore_errors=True)
 
     def resume_from(self, path: Path) -> None:
-        problem = checkpoint_problem(path)
-        if problem:
-            raise ValueError(f"cannot resume from {path}: {problem}")
-        from safetensors.torch import load_file
-
         model = self.accelerator.unwrap_model(self.model)
-        if model is base_model(model):
-            model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
-        else:
-            adapters = load_file(str(path / TRAINABLE_FILE))
-            missing = set(trainable_state(model)) - set(adapters)
-            if missing:
-                raise ValueError(f"cannot resume from {path}: {TRAINABLE_FILE} lacks {sorted(missing)[:3]}...")
-            model.load_state_dict(adapters, strict=False)
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        self.state = TrainerState(**json.loads((path / STATE_FILE).read_text()))
-        _set_rng_state(json.loads((path / "rng_host.json").read_text()),
-                       torch.load(path / "rng.pt", weights_only=True))
+        self.state = TrainerState(**load_training_checkpoint(path, model, self.optimizer, self.scheduler))
         print(f"[medvlm] resumed from {path} at step {self.state.step}")
 
     # -- logging
@@ -314,7 +199,7 @@ class Trainer:
         path = self.output_dir / "metrics.jsonl"
         if self.is_main and path.is_file():
             kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
-            path.write_text("".join(line + "\n" for line in kept))
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     # -- evaluation
     @torch.no_grad()
@@ -329,7 +214,7 @@ class Trainer:
         loader = DataLoader(dataset, batch_size=self.cfg.train.batch_size, collate_fn=self.collate)
         totals, count = {k: 0.0 for k in LOSS_KEYS}, 0
         for batch in loader:
-            batch = {k: v.to(self.accelerator.device) for k, v in batch.items() if k != "index"}
+            batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
             out = model(**batch)
             n = len(batch["pixel_values"])
             for key in LOSS_KEYS:
@@ -344,6 +229,21 @@ class Trainer:
 
     # -- main loop
     def train(self) -> Path:
+        """Optimizer steps until `train.max_steps`, logging, evaluating and saving as configured;
+        returns the final model directory."""
+        self._start()
+        while self.state.step < self.cfg.train.max_steps:
+            if not self._optimizer_step():
+                self._handle_nonfinite()
+                continue
+            self._advance()
+            self._maybe_log()
+            self._maybe_evaluate()
+            self._maybe_save()
+        return self._finish()
+
+    def _start(self) -> None:
+        """Run info, resume (weights, optimizer, data position, random generators), writers."""
         t = self.cfg.train
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.is_main:
@@ -356,69 +256,75 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
-        model = self.model
-        model.train()
-        progress = tqdm(total=t.max_steps, initial=self.state.step, desc="train", disable=not self.is_main,
-                        dynamic_ncols=True)
-        batches = self._batches()
-        window = {k: [] for k in LOSS_KEYS}
-        window_start, samples = time.perf_counter(), 0
-        while self.state.step < t.max_steps:
-            step_finite = True
-            for _ in range(t.grad_accum):
-                batch = next(batches)
-                batch.pop("index")
-                with self.accelerator.accumulate(model):
-                    out = model(**batch)
-                    finite = self.accelerator.gather(torch.isfinite(out.loss.detach()).reshape(1)).all()
-                    if not finite:
-                        step_finite = False
-                        self.optimizer.zero_grad(set_to_none=True)
-                        break
-                    self.accelerator.backward(out.loss)
-                    if self.accelerator.sync_gradients and t.grad_clip > 0:
-                        self.accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
-                    self.optimizer.step()
+        self.model.train()
+        self.progress = tqdm(total=t.max_steps, initial=self.state.step, desc="train", disable=not self.is_main,
+                             dynamic_ncols=True)
+        self.batch_stream = self._batches()
+        self.window = _LogWindow()
+
+    def _optimizer_step(self) -> bool:
+        """Forward/backward over `train.grad_accum` micro-batches; accelerate applies the optimizer
+        step when gradients sync (the last micro-batch, or the end of an epoch's loader). False,
+        with the gradients dropped, as soon as a loss is not finite on any process."""
+        t, model = self.cfg.train, self.model
+        for _ in range(t.grad_accum):
+            batch = next(self.batch_stream)
+            with self.accelerator.accumulate(model):
+                out = model(**batch)
+                finite = self.accelerator.gather(torch.isfinite(out.loss.detach()).reshape(1)).all()
+                if not finite:
                     self.optimizer.zero_grad(set_to_none=True)
-                samples += len(batch["pixel_values"]) * self.accelerator.num_processes
-                for key in LOSS_KEYS:
-                    if getattr(out, key, None) is not None:
-                        window[key].append(float(out[key].detach()))
-            if not step_finite:
-                self.state.nonfinite_in_a_row += 1
-                self.state.nonfinite_total += 1
-                print(f"[medvlm] step {self.state.step}: non-finite loss, step skipped "
-                      f"({self.state.nonfinite_in_a_row} in a row)")
-                if self.state.nonfinite_in_a_row >= t.max_nonfinite_steps:
-                    raise RuntimeError(
-                        f"training stopped: {self.state.nonfinite_in_a_row} steps in a row had a non-finite loss "
-                        f"(at step {self.state.step}); lower train.learning_rate, check the data, or resume from "
-                        f"the last checkpoint in {self.output_dir / CHECKPOINTS}")
-                continue
-            self.state.nonfinite_in_a_row = 0
-            self.scheduler.step()
-            self.state.step += 1
-            progress.update(1)
-            step = self.state.step
-            if step % t.log_every == 0 or step == t.max_steps:
-                elapsed = time.perf_counter() - window_start
-                record = {"step": step, "lr": self.scheduler.get_last_lr()[0],
-                          "samples_per_s": samples / max(elapsed, 1e-9),
-                          "nonfinite_total": self.state.nonfinite_total}
-                record.update({k: sum(v) / len(v) for k, v in window.items() if v})
-                inner = getattr(base_model(self.accelerator.unwrap_model(model)), "model", None)
-                if hasattr(inner, "clamped_logit_scale"):
-                    record["logit_scale"] = float(inner.clamped_logit_scale())
-                progress.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}")
-                self._log(record)
-                window = {k: [] for k in LOSS_KEYS}
-                window_start, samples = time.perf_counter(), 0
-            if t.eval_every and (step % t.eval_every == 0 or step == t.max_steps):
-                self._run_evaluation(step)
-            if t.save_every and step % t.save_every == 0 and step < t.max_steps:
-                self.save_checkpoint()
-        progress.close()
-        return self._finish()
+                    return False
+                self.accelerator.backward(out.loss)
+                if self.accelerator.sync_gradients and t.grad_clip > 0:
+                    self.accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.window.add(out, len(batch["pixel_values"]) * self.accelerator.num_processes)
+        return True
+
+    def _handle_nonfinite(self) -> None:
+        """Count a skipped step; stop the run after `train.max_nonfinite_steps` in a row."""
+        self.state.nonfinite_in_a_row += 1
+        self.state.nonfinite_total += 1
+        print(f"[medvlm] step {self.state.step}: non-finite loss, step skipped "
+              f"({self.state.nonfinite_in_a_row} in a row)")
+        if self.state.nonfinite_in_a_row >= self.cfg.train.max_nonfinite_steps:
+            raise RuntimeError(
+                f"training stopped: {self.state.nonfinite_in_a_row} steps in a row had a non-finite loss "
+                f"(at step {self.state.step}); lower train.learning_rate, check the data, or resume from "
+                f"the last checkpoint in {self.output_dir / CHECKPOINTS}")
+
+    def _advance(self) -> None:
+        """A finite step is done: the schedule and the step count move on."""
+        self.state.nonfinite_in_a_row = 0
+        self.scheduler.step()
+        self.state.step += 1
+        self.progress.update(1)
+
+    def _maybe_log(self) -> None:
+        """Every `train.log_every` steps (and at the last): the window's mean losses, lr, throughput."""
+        t, step = self.cfg.train, self.state.step
+        if not (step % t.log_every == 0 or step == t.max_steps):
+            return
+        record = {"step": step, "lr": self.scheduler.get_last_lr()[0], "samples_per_s": self.window.samples_per_s(),
+                  "nonfinite_total": self.state.nonfinite_total, **self.window.mean_losses()}
+        if self.window.logit_scale is not None:
+            record["logit_scale"] = self.window.logit_scale
+        self.progress.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}")
+        self._log(record)
+        self.window = _LogWindow()
+
+    def _maybe_evaluate(self) -> None:
+        t, step = self.cfg.train, self.state.step
+        if t.eval_every and (step % t.eval_every == 0 or step == t.max_steps):
+            self._run_evaluation(step)
+
+    def _maybe_save(self) -> None:
+        """A periodic checkpoint (the last step is saved as `final` instead)."""
+        t, step = self.cfg.train, self.state.step
+        if t.save_every and step % t.save_every == 0 and step < t.max_steps:
+            self.save_checkpoint()
 
     def _run_evaluation(self, step: int) -> None:
         results = self.evaluate()
@@ -434,6 +340,8 @@ class Trainer:
             tqdm.write(f"[medvlm] step {step}: {shown}")
 
     def _finish(self) -> Path:
+        """The final model directory, the trainer state and the loss curve."""
+        self.progress.close()
         self.accelerator.wait_for_everyone()
         final = self.output_dir / "final"
         if self.is_main:
@@ -441,7 +349,7 @@ class Trainer:
             latest = self.state.history[-1] if self.state.history else None
             latest = {k.removeprefix("val_"): v for k, v in latest.items()} if latest else None
             write_atomically(final, lambda tmp: save_model_dir(tmp, model, self.processor, self.cfg, latest))
-            (self.output_dir / "trainer_state.json").write_text(json.dumps(asdict(self.state), indent=1))
+            atomic_write_text(self.output_dir / STATE_FILE, json.dumps(asdict(self.state), indent=1))
             plot_loss_curve(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curve.png")
         if self.writer is not None:
             self.writer.close()

@@ -123,7 +123,7 @@ class RecordDataset(Dataset):
             self.skipped += 1
             log.warning("skipping record %d: %s", index, error)
             return None
-        item = {"pixel_values": pixels, "text": record.get("text", ""), "index": index}
+        item = {"pixel_values": pixels, "text": record.get("text", "")}
         if record.get("question"):
             item["question"] = record["question"]
         if record.get("labels") is not None:
@@ -146,5 +146,4 @@ class Collator:
         batch = self.processor.texts(texts, prompts)
         batch["pixel_values"] = torch.stack([item["pixel_values"] for item in items])
         batch["text_keys"] = torch.tensor([text_key(t) for t in texts])
-        batch["index"] = torch.tensor([item["index"] for item in items])
         return batch

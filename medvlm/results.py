@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpointing import atomic_write_text
+
 HEADLINE = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider",
             "ce_precision", "ce_recall", "ce_micro_f1", "ce_macro_precision", "ce_macro_recall", "ce_macro_f1")
 LABELS = {"bleu_1": "BLEU-1", "bleu_2": "BLEU-2", "bleu_3": "BLEU-3", "bleu_4": "BLEU-4", "meteor": "METEOR",
@@ -77,10 +79,7 @@ def _atomic_write(path: Path, write) -> Path:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    return _atomic_write(path, write)
+    return atomic_write_text(path, text)
 
 
 def _jsonable(value):
