@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from medvlm.data.records import DataError
+from medvlm.errors import UserError
 
 # A chest radiograph is at most ~4300 x 3500 (15 MP); 50 MP leaves room for large detectors
 # and still stops a decompression bomb long before it is decoded.
@@ -344,7 +345,7 @@ def _fit(im: Image.Image, size: int, mode: str, fill: float, full_shape=None) ->
     """Resize `im` keeping its aspect ratio (that of `full_shape` when given), then pad
     (centred) or centre-crop to size x size."""
     if mode not in RESIZE_MODES:
-        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {mode!r}")
+        raise UserError(f"resize_mode must be one of {RESIZE_MODES}, got {mode!r}")
     h, w = _scaled_size(*(full_shape or (im.height, im.width)), size, mode)
     if (h, w) != (im.height, im.width):
         # reducing_gap: box-reduce by an integer factor first, then a proper antialiased resize.
@@ -410,13 +411,13 @@ class ImageTransform:
         seed: int | None = None,
     ):
         if resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+            raise UserError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         if in_chans not in (1, 3):
-            raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+            raise UserError(f"in_chans must be 1 or 3, got {in_chans}")
         if int(image_size) < 1:
-            raise ValueError(f"image_size must be positive, got {image_size}")
+            raise UserError(f"image_size must be positive, got {image_size}")
         if std <= 0:
-            raise ValueError(f"std must be positive, got {std}")
+            raise UserError(f"std must be positive, got {std}")
         self.image_size = int(image_size)
         self.resize_mode = resize_mode
         self.in_chans = int(in_chans)

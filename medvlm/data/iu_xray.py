@@ -34,6 +34,7 @@ from medvlm.data.records import (
     read_json, read_table,
 )
 from medvlm.data.reports import DEID_POLICIES, TARGET_SECTIONS, clean_report, compose_target
+from medvlm.errors import UserError
 
 VIEWS = ("frontal", "lateral", "both")
 EMPTY_FINDINGS = ("drop", "use_impression", "keep")
@@ -76,13 +77,13 @@ def load_iu_xray(
     root = Path(root)
     splits = check_split_arg(split)
     if views not in VIEWS:
-        raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
+        raise UserError(f"views must be one of {VIEWS}, got {views!r}")
     if target_section not in TARGET_SECTIONS:
-        raise ValueError(f"target_section must be one of {TARGET_SECTIONS}, got {target_section!r}")
+        raise UserError(f"target_section must be one of {TARGET_SECTIONS}, got {target_section!r}")
     if empty_findings not in EMPTY_FINDINGS:
-        raise ValueError(f"empty_findings must be one of {EMPTY_FINDINGS}, got {empty_findings!r}")
+        raise UserError(f"empty_findings must be one of {EMPTY_FINDINGS}, got {empty_findings!r}")
     if deid_tokens not in DEID_POLICIES:
-        raise ValueError(f"deid_tokens must be one of {DEID_POLICIES}, got {deid_tokens!r}")
+        raise UserError(f"deid_tokens must be one of {DEID_POLICIES}, got {deid_tokens!r}")
     split_fractions = check_fractions(split_fractions)
     if layout == "auto":
         if (root / "annotation.json").is_file():
@@ -108,7 +109,7 @@ def load_iu_xray(
             images = root / "images"
         records = _load_openi(root, images, fractions=split_fractions, seed=split_seed, **opts)
     else:
-        raise ValueError(f"layout must be 'auto', 'r2gen' or 'openi', got {layout!r}")
+        raise UserError(f"layout must be 'auto', 'r2gen' or 'openi', got {layout!r}")
     return log.finish(records)
 
 
@@ -149,7 +150,7 @@ def _load_r2gen(annotation: Path, images: Path, *, splits, views, target_section
         raise DataError(f"{annotation}: expected an object with keys train/val/test, got "
                         f"{type(data).__name__}", path=annotation, reason="bad_table")
     if target_section != "findings":
-        raise ValueError("the R2Gen layout has findings text only; use target_section='findings'")
+        raise UserError("the R2Gen layout has findings text only; use target_section='findings'")
     records = []
     for key, items in data.items():
         key_split = canonical_split(key, where=f"{annotation}, key {key!r}")

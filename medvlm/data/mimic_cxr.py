@@ -22,6 +22,7 @@ from medvlm.data.records import (
     read_table,
 )
 from medvlm.data.reports import TARGET_SECTIONS, compose_target, decode_report, extract_sections
+from medvlm.errors import UserError
 from medvlm.observations import CHEXPERT_OBSERVATIONS
 
 PREFIX = "mimic-cxr-2.0.0"
@@ -138,33 +139,69 @@ def load_mimic_cxr(
     splits = check_split_arg(split)
     views = _check_views(views)
     if images_per_study not in ("one", "all"):
-        raise ValueError(f"images_per_study must be 'one' or 'all', got {images_per_study!r}")
+        raise UserError(f"images_per_study must be 'one' or 'all', got {images_per_study!r}")
     if target_section not in TARGET_SECTIONS:
-        raise ValueError(f"target_section must be one of {TARGET_SECTIONS}, got {target_section!r}")
+        raise UserError(f"target_section must be one of {TARGET_SECTIONS}, got {target_section!r}")
     if label_source not in ("chexpert", "negbio", None):
-        raise ValueError(f"label_source must be 'chexpert', 'negbio' or None, got {label_source!r}")
+        raise UserError(f"label_source must be 'chexpert', 'negbio' or None, got {label_source!r}")
     images_root = Path(images_root) if images_root is not None else root
 
+    split_path, split_df, meta_path, view_of = _read_metadata(root)
+    labels_of, bad_labels = _read_labels(root, label_source, log)
+    studies = _studies(split_path, split_df, meta_path, view_of, splits, views, log)
+    reports = ReportSource(Path(reports_path) if reports_path is not None else _default_reports(root))
+    preference = (views or ()) + tuple(v for v in _VIEW_PREFERENCE if v not in (views or ()))
+    rank = {v: k for k, v in enumerate(preference)}
+    records = []
+    try:
+        for study_id, images in studies.items():
+            subject_id = images[0][1]
+            if images_per_study == "one":
+                images = [min(images, key=lambda im: rank.get(im[2], len(rank)))]  # stable: first wins
+            if study_id in bad_labels:
+                continue  # its label row was counted as bad already
+            records += _study_records(
+                study_id, subject_id, images, reports, labels_of.get(study_id), images_root, log,
+                target_section=target_section, drop_missing_target=drop_missing_target, deid_tokens=deid_tokens,
+                check_images=require_images or verify_images, decode_images=verify_images)
+    finally:
+        reports.close()
+    return log.finish(records)
+
+
+def _read_metadata(root: Path):
+    """(split file, its table, metadata file, {dicom_id: upper-case ViewPosition}); either file
+    missing is a DataError."""
     split_path = find_table(root, f"{PREFIX}-split.csv")
     split_df = read_table(split_path, ["dicom_id", "study_id", "subject_id", "split"])
     meta_path = find_table(root, f"{PREFIX}-metadata.csv")
     meta_df = read_table(meta_path, ["dicom_id", "ViewPosition"])
     view_of = dict(zip(meta_df["dicom_id"], meta_df["ViewPosition"].str.strip().str.upper()))
+    return split_path, split_df, meta_path, view_of
 
+
+def _read_labels(root: Path, label_source: str | None, log: SkipLog) -> tuple[dict, set]:
+    """({study_id: 14 labels}, study ids whose label row was bad); empty without a label file."""
     labels_of, bad_labels = {}, set()
-    if label_source is not None:
-        label_path = find_table(root, f"{PREFIX}-{label_source}.csv", required=False)
-        if label_path is not None:
-            label_df = read_table(label_path, ["subject_id", "study_id", *CHEXPERT_OBSERVATIONS])
-            for i, row in enumerate(label_df.to_dict("records")):
-                try:
-                    labels_of[row["study_id"]] = labels_from_mapping(
-                        row, CHEXPERT_OBSERVATIONS, where=f"{label_path}, row {i + 1}")
-                except DataError as err:
-                    log.skip(err)
-                    bad_labels.add(row["study_id"])
+    if label_source is None:
+        return labels_of, bad_labels
+    label_path = find_table(root, f"{PREFIX}-{label_source}.csv", required=False)
+    if label_path is None:
+        return labels_of, bad_labels
+    label_df = read_table(label_path, ["subject_id", "study_id", *CHEXPERT_OBSERVATIONS])
+    for i, row in enumerate(label_df.to_dict("records")):
+        try:
+            labels_of[row["study_id"]] = labels_from_mapping(
+                row, CHEXPERT_OBSERVATIONS, where=f"{label_path}, row {i + 1}")
+        except DataError as err:
+            log.skip(err)
+            bad_labels.add(row["study_id"])
+    return labels_of, bad_labels
 
-    # Group the split file's images by study, keeping file order.
+
+def _studies(split_path: Path, split_df, meta_path: Path, view_of: dict, splits, views, log: SkipLog) -> dict:
+    """The split file's images grouped by study, in file order: {study_id: [(dicom_id, subject_id,
+    view, split), ...]}, keeping the requested splits and views."""
     studies: dict[str, list[tuple[str, str, str, str]]] = {}
     for i, row in enumerate(split_df.itertuples(index=False)):
         where = f"{split_path}, row {i + 1}"
@@ -184,43 +221,36 @@ def load_mimic_cxr(
             log.drop("view_filtered")
             continue
         studies.setdefault(row.study_id, []).append((row.dicom_id, row.subject_id, view, row_split))
+    return studies
 
-    reports = ReportSource(Path(reports_path) if reports_path is not None else _default_reports(root))
-    preference = (views or ()) + tuple(v for v in _VIEW_PREFERENCE if v not in (views or ()))
-    rank = {v: k for k, v in enumerate(preference)}
-    records = []
+
+def _study_records(study_id: str, subject_id: str, images, reports: ReportSource, labels, images_root: Path,
+                   log: SkipLog, *, target_section: str, drop_missing_target: bool, deid_tokens: str,
+                   check_images: bool, decode_images: bool) -> list[dict]:
+    """The records of one study's kept images (none when its report or every image is bad)."""
+    folder = f"files/p{subject_id[:2]}/p{subject_id}"
     try:
-        for study_id, images in studies.items():
-            subject_id = images[0][1]
-            if images_per_study == "one":
-                images = [min(images, key=lambda im: rank.get(im[2], len(rank)))]  # stable: first wins
-            folder = f"files/p{subject_id[:2]}/p{subject_id}"
-            if study_id in bad_labels:
-                continue  # its label row was counted as bad already
+        sections = extract_sections(reports.read(f"{folder}/s{study_id}.txt"), deid=deid_tokens)
+    except DataError as err:
+        log.skip(err)
+        return []
+    text = compose_target(sections["findings"], sections["impression"], target_section)
+    if not text and drop_missing_target:
+        log.drop("missing_target", len(images))
+        return []
+    records = []
+    for dicom_id, _, view, row_split in images:
+        image = images_root / folder / f"s{study_id}" / f"{dicom_id}.jpg"
+        if check_images:
             try:
-                sections = extract_sections(reports.read(f"{folder}/s{study_id}.txt"), deid=deid_tokens)
+                check_image_file(image, decode=decode_images)
             except DataError as err:
                 log.skip(err)
                 continue
-            text = compose_target(sections["findings"], sections["impression"], target_section)
-            labels = labels_of.get(study_id)
-            if not text and drop_missing_target:
-                log.drop("missing_target", len(images))
-                continue
-            for dicom_id, _, view, row_split in images:
-                image = images_root / folder / f"s{study_id}" / f"{dicom_id}.jpg"
-                if require_images or verify_images:
-                    try:
-                        check_image_file(image, decode=verify_images)
-                    except DataError as err:
-                        log.skip(err)
-                        continue
-                records.append(make_record(
-                    image=str(image), text=text, findings=sections["findings"],
-                    impression=sections["impression"], study_id=study_id, subject_id=subject_id,
-                    view=view, split=row_split,
-                    labels=None if labels is None else list(labels),
-                ))
-    finally:
-        reports.close()
-    return log.finish(records)
+        records.append(make_record(
+            image=str(image), text=text, findings=sections["findings"],
+            impression=sections["impression"], study_id=study_id, subject_id=subject_id,
+            view=view, split=row_split,
+            labels=None if labels is None else list(labels),
+        ))
+    return records

@@ -32,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medvlm.checkpointing import atomic_write_text
 from medvlm.data.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, load_resized
 from medvlm.data.records import DataError, SkipLog
+from medvlm.errors import UserError
 
 logger = logging.getLogger("medvlm.data")
 
@@ -113,7 +115,7 @@ def _features(records, image_size: int):
             try:
                 arrow_type = pa.array([r.get(key) for r in records]).type
             except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-                raise ValueError(f"record field {key!r} has values of mixed types ({err})") from None
+                raise UserError(f"record field {key!r} has values of mixed types ({err})") from None
             features[key] = datasets.Features.from_arrow_schema(pa.schema([(key, arrow_type)]))[key]
     return datasets.Features(features)
 
@@ -142,9 +144,7 @@ def _read_json(path: Path):
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 # --------------------------------------------------------------------------- prepare
@@ -175,89 +175,107 @@ def prepare_cache(
     overwrite: replace an existing cache built with other settings or records (otherwise that is
       a DataError); an existing cache built from the same records and settings is reused as is.
     """
-    import datasets
-    from tqdm.auto import tqdm
-
-    if resize_mode not in RESIZE_MODES:
-        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
-    image_size = int(image_size)
-    if image_size < 1 or shard_size < 1:
-        raise ValueError("image_size and shard_size must be positive")
+    settings = _job_settings(image_size, resize_mode, shard_size, max_pixels)
     records = list(records)
     out = Path(out_dir)
-    settings = {"version": FORMAT_VERSION, "image_size": image_size, "resize_mode": resize_mode,
-                "shard_size": int(shard_size), "max_pixels": max_pixels}
-    shards = [records[i:i + shard_size] for i in range(0, len(records), shard_size)]
+    size = settings["shard_size"]
+    shards = [records[i:i + size] for i in range(0, len(records), size)]
     fingerprints = [_fingerprint(shard, settings) for shard in shards]
     total_fingerprint = hashlib.sha1("".join(fingerprints).encode() + str(len(records)).encode()).hexdigest()
-
     if out.exists():
-        info = _read_json(out / CACHE_INFO)
-        if info is not None and info.get("fingerprint") == total_fingerprint:
-            logger.info("prepare_cache: %s is up to date; reusing it", out)
-            return CacheSummary(out, info["num_records"], image_size, resize_mode,
-                                info.get("skipped", {}), 0, len(info.get("shards", [])))
-        if not overwrite:
-            if info is None:
-                what = "exists and is not a prepared cache"
-            elif (info.get("image_size"), info.get("resize_mode")) != (image_size, resize_mode):
-                what = "was built with image_size={image_size}, resize_mode={resize_mode!r}".format(**info)
-            else:
-                what = ("was built with the same image_size and resize_mode but from other records "
-                        "(or another shard_size/max_pixels)")
-            raise DataError(f"{out}: {what}; asked for image_size={image_size}, resize_mode="
-                            f"{resize_mode!r}. Pass overwrite=True or another out_dir",
-                            path=out, reason="cache_mismatch")
+        summary = _reuse_existing(out, total_fingerprint, settings, overwrite)
+        if summary is not None:
+            return summary
 
+    work = _open_work_dir(out, settings)
+    log = SkipLog(on_error, source=f"prepare_cache({out})")
+    summary = CacheSummary(out, 0, settings["image_size"], resize_mode)
+    features = _features(records, settings["image_size"]) if records else None
+    names = _build_shards(work, shards, fingerprints, settings, features, log, summary, num_workers, progress)
+    summary.skipped = dict(log.skipped)
+    _write_json(work / CACHE_INFO, {
+        "version": FORMAT_VERSION, "image_size": summary.image_size, "resize_mode": resize_mode,
+        "num_records": summary.num_records, "shards": names, "skipped": summary.skipped,
+        "fingerprint": total_fingerprint,
+    })
+    (work / "job.json").unlink()
+    _move_into_place(work, out)
+    log.finish([])  # logs the skip summary, if any
+    logger.info("prepare_cache: %s: %d records (%d shards built, %d reused)", out,
+                summary.num_records, summary.built_shards, summary.reused_shards)
+    return summary
+
+
+def _job_settings(image_size, resize_mode: str, shard_size, max_pixels) -> dict:
+    """The settings a cache (and each of its shards) is fingerprinted with; bad values are a UserError."""
+    if resize_mode not in RESIZE_MODES:
+        raise UserError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+    image_size = int(image_size)
+    if image_size < 1 or shard_size < 1:
+        raise UserError(f"image_size and shard_size must be positive, got image_size={image_size}, "
+                        f"shard_size={shard_size}")
+    return {"version": FORMAT_VERSION, "image_size": image_size, "resize_mode": resize_mode,
+            "shard_size": int(shard_size), "max_pixels": max_pixels}
+
+
+def _reuse_existing(out: Path, fingerprint: str, settings: dict, overwrite: bool) -> CacheSummary | None:
+    """The summary of the cache at `out` when it was built from the same records and settings;
+    None when it may be replaced (overwrite=True); otherwise a DataError saying how it differs."""
+    image_size, resize_mode = settings["image_size"], settings["resize_mode"]
+    info = _read_json(out / CACHE_INFO)
+    if info is not None and info.get("fingerprint") == fingerprint:
+        logger.info("prepare_cache: %s is up to date; reusing it", out)
+        return CacheSummary(out, info["num_records"], image_size, resize_mode,
+                            info.get("skipped", {}), 0, len(info.get("shards", [])))
+    if overwrite:
+        return None
+    if info is None:
+        what = "exists and is not a prepared cache"
+    elif (info.get("image_size"), info.get("resize_mode")) != (image_size, resize_mode):
+        what = "was built with image_size={image_size}, resize_mode={resize_mode!r}".format(**info)
+    else:
+        what = ("was built with the same image_size and resize_mode but from other records "
+                "(or another shard_size/max_pixels)")
+    raise DataError(f"{out}: {what}; asked for image_size={image_size}, resize_mode="
+                    f"{resize_mode!r}. Pass overwrite=True or another out_dir",
+                    path=out, reason="cache_mismatch")
+
+
+def _open_work_dir(out: Path, settings: dict) -> Path:
+    """The hidden sibling folder the cache is built in; a partial build with the same settings is kept."""
     work = out.parent / f".{out.name}.partial"
     job = _read_json(work / "job.json")
     if job is not None and job != settings:
         shutil.rmtree(work)  # a partial build with other settings: nothing to reuse
     work.mkdir(parents=True, exist_ok=True)
     _write_json(work / "job.json", settings)
+    return work
 
-    features = _features(records, image_size) if records else None
-    log = SkipLog(on_error, source=f"prepare_cache({out})")
-    summary = CacheSummary(out, 0, image_size, resize_mode)
+
+def _build_shards(work: Path, shards, fingerprints, settings: dict, features, log: SkipLog,
+                  summary: CacheSummary, num_workers: int, progress: bool) -> list[str]:
+    """Reuse or build every shard under `work`, counting into `log` and `summary`; the shard names."""
+    import datasets
+    from tqdm.auto import tqdm
+
     names = []
     pool = None
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # one bar (ours) per prepare, not one per shard save
-    bar = tqdm(total=len(records), desc=f"prepare {out.name}", unit="img", disable=not progress)
+    bar = tqdm(total=sum(map(len, shards)), desc=f"prepare {summary.path.name}", unit="img", disable=not progress)
     try:
         for k, (shard, fingerprint) in enumerate(zip(shards, fingerprints)):
             name = f"shard-{k:05d}"
             names.append(name)
-            shard_dir = work / name
-            shard_info = _read_json(shard_dir / SHARD_INFO)
-            if shard_info is not None and shard_info.get("fingerprint") == fingerprint:
-                summary.reused_shards += 1
-                for reason, n in shard_info.get("skipped", {}).items():
-                    log.skipped[reason] += n
-                summary.num_records += shard_info["count"]
+            if _reuse_shard(work / name, fingerprint, log, summary):
                 bar.update(len(shard))
                 continue
             if pool is None and num_workers > 0:
                 pool = multiprocessing.get_context().Pool(num_workers)
-            shard_log = SkipLog(on_error, source=log.source)
-            tasks = [(i, r["image"], image_size, resize_mode, max_pixels) for i, r in enumerate(shard)]
-            results = pool.imap(_decode, tasks, chunksize=4) if pool else map(_decode, tasks)
-            kept, pixels = [], []
-            for i, result in results:
-                bar.update(1)
-                if isinstance(result, DataError):
-                    shard_log.skip(result)  # raises under on_error="raise"
-                    continue
-                kept.append(shard[i])
-                pixels.append(result)
-            ds = datasets.Dataset.from_dict(_columns(kept, pixels, features), features=features)
-            tmp = work / f"{name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(shard_dir, ignore_errors=True)
-            ds.save_to_disk(str(tmp))
-            _write_json(tmp / SHARD_INFO, {"fingerprint": fingerprint, "count": len(kept),
-                                           "skipped": dict(shard_log.skipped)})
-            os.replace(tmp, shard_dir)
+            shard_log = SkipLog(log.on_error, source=log.source)
+            kept, pixels = _decode_shard(shard, settings, pool, shard_log, bar)
+            _save_shard(work, name, datasets.Dataset.from_dict(_columns(kept, pixels, features), features=features),
+                        {"fingerprint": fingerprint, "count": len(kept), "skipped": dict(shard_log.skipped)})
             log.merge(shard_log)
             summary.num_records += len(kept)
             summary.built_shards += 1
@@ -268,15 +286,51 @@ def prepare_cache(
         if pool is not None:
             pool.terminate()
             pool.join()
+    return names
 
-    summary.skipped = dict(log.skipped)
-    _write_json(work / CACHE_INFO, {
-        "version": FORMAT_VERSION, "image_size": image_size, "resize_mode": resize_mode,
-        "num_records": summary.num_records, "shards": names, "skipped": summary.skipped,
-        "fingerprint": total_fingerprint,
-    })
-    (work / "job.json").unlink()
-    if out.exists():  # overwrite=True: move the old cache aside, swap, then delete it
+
+def _reuse_shard(shard_dir: Path, fingerprint: str, log: SkipLog, summary: CacheSummary) -> bool:
+    """Count a finished shard of an interrupted build with the same fingerprint; False if there is none."""
+    shard_info = _read_json(shard_dir / SHARD_INFO)
+    if shard_info is None or shard_info.get("fingerprint") != fingerprint:
+        return False
+    summary.reused_shards += 1
+    for reason, n in shard_info.get("skipped", {}).items():
+        log.skipped[reason] += n
+    summary.num_records += shard_info["count"]
+    return True
+
+
+def _decode_shard(shard, settings: dict, pool, shard_log: SkipLog, bar) -> tuple[list, list]:
+    """(records kept, their uint8 pixels); an image that fails is skipped into `shard_log` (or raises)."""
+    tasks = [(i, r["image"], settings["image_size"], settings["resize_mode"], settings["max_pixels"])
+             for i, r in enumerate(shard)]
+    results = pool.imap(_decode, tasks, chunksize=4) if pool else map(_decode, tasks)
+    kept, pixels = [], []
+    for i, result in results:
+        bar.update(1)
+        if isinstance(result, DataError):
+            shard_log.skip(result)  # raises under on_error="raise"
+            continue
+        kept.append(shard[i])
+        pixels.append(result)
+    return kept, pixels
+
+
+def _save_shard(work: Path, name: str, dataset, shard_info: dict) -> None:
+    """Save a shard to a temporary folder with its SHARD_INFO, then rename it into place."""
+    tmp = work / f"{name}.tmp"
+    shard_dir = work / name
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    dataset.save_to_disk(str(tmp))
+    _write_json(tmp / SHARD_INFO, shard_info)
+    os.replace(tmp, shard_dir)
+
+
+def _move_into_place(work: Path, out: Path) -> None:
+    """Rename the finished build to `out` (an old cache there, overwrite=True, is moved aside first)."""
+    if out.exists():
         old = out.parent / f".{out.name}.old"
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)
@@ -284,10 +338,6 @@ def prepare_cache(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(work, out)
-    log.finish([])  # logs the skip summary, if any
-    logger.info("prepare_cache: %s: %d records (%d shards built, %d reused)", out,
-                summary.num_records, summary.built_shards, summary.reused_shards)
-    return summary
 
 
 # --------------------------------------------------------------------------- load

@@ -38,6 +38,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from medvlm.errors import UserError
 from medvlm.observations import CHEXPERT_OBSERVATIONS
 
 logger = logging.getLogger("medvlm.data")
@@ -58,8 +59,9 @@ _SPLIT_ALIASES = {
 }
 
 
-class DataError(ValueError):
-    """A file, row or field is not what a loader expected.
+class DataError(UserError):
+    """A file, row or field is not what a loader expected (a `UserError`, so the command line
+    prints it as one line).
 
     The message names the file (and row/field where there is one) and what was expected.
     `reason` is a short key (``"missing_image"``, ``"corrupt_image"``, ``"empty_report"``, ...)
@@ -81,7 +83,7 @@ def _rebuild_data_error(message, path, reason):
 
 def check_on_error(on_error: str) -> str:
     if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        raise UserError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     return on_error
 
 
@@ -222,7 +224,7 @@ def check_split_arg(split) -> tuple[str, ...] | None:
     try:
         return tuple(canonical_split(s) for s in names)
     except DataError as err:
-        raise ValueError(f"split: {err}") from None
+        raise UserError(f"split: {err}") from None
 
 
 def hash_split(key, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> str:
@@ -247,7 +249,7 @@ def hash_split(key, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0)
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
-        raise ValueError(
+        raise UserError(
             f"split fractions must be three non-negative numbers (train, validation, test) "
             f"summing to 1, got {fractions}"
         )
@@ -278,7 +280,7 @@ def parse_label(value, *, where: str) -> float:
 def labels_from_mapping(row, columns: Sequence[str], *, where: str) -> list[float]:
     """Labels in CHEXPERT_OBSERVATIONS order from `row[column]` for the 14 given column names."""
     if len(columns) != len(CHEXPERT_OBSERVATIONS):
-        raise ValueError(f"need {len(CHEXPERT_OBSERVATIONS)} label columns, got {len(columns)}")
+        raise UserError(f"need {len(CHEXPERT_OBSERVATIONS)} label columns, got {len(columns)}")
     return [parse_label(row[c], where=f"{where}, column {c!r}") for c in columns]
 
 

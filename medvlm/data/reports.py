@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from medvlm.data.records import DataError
+from medvlm.errors import UserError
 
 TARGET_SECTIONS = ("findings", "impression", "findings+impression")
 DEID_POLICIES = ("drop", "keep")
@@ -121,7 +122,7 @@ def extract_sections(text: str, *, deid: str = "drop", fallback: str = "last_par
     `deid` is passed to `clean_report`.
     """
     if fallback not in ("last_paragraph", "none"):
-        raise ValueError(f"fallback must be 'last_paragraph' or 'none', got {fallback!r}")
+        raise UserError(f"fallback must be 'last_paragraph' or 'none', got {fallback!r}")
     findings, impression = [], []
     for kind, body in split_sections(text):
         if kind in ("findings", "both"):
@@ -154,7 +155,7 @@ def clean_report(text: str, *, deid: str = "drop") -> str:
     one space; spaces before punctuation and repeated punctuation are removed.
     """
     if deid not in DEID_POLICIES:
-        raise ValueError(f"deid must be one of {DEID_POLICIES}, got {deid!r}")
+        raise UserError(f"deid must be one of {DEID_POLICIES}, got {deid!r}")
     if not text:
         return ""
     if deid == "drop":
@@ -179,7 +180,7 @@ def compose_target(findings: str, impression: str, target: str) -> str:
         if findings and impression and findings != impression:
             return f"{findings} {impression}"
         return findings or impression
-    raise ValueError(f"target_section must be one of {TARGET_SECTIONS}, got {target!r}")
+    raise UserError(f"target_section must be one of {TARGET_SECTIONS}, got {target!r}")
 
 
 def decode_report(data: bytes, name: str) -> str:

@@ -3,7 +3,10 @@
 Each dataset module keeps its own loader; this file only maps the `dataset` name to it.
 """
 
+import inspect
 from pathlib import Path
+
+from medvlm.errors import UserError
 
 SYNTHETIC_DEFAULTS = {"num_train": 2000, "num_validation": 200, "num_test": 300, "seed": 0}
 SPLITS = ("train", "validation", "test")
@@ -15,8 +18,8 @@ def _synthetic(root, split, image_size, on_error, **options):
     opts = {**SYNTHETIC_DEFAULTS, **options}
     unknown = set(opts) - set(SYNTHETIC_DEFAULTS) - {"vqa", "questions_per_study"}
     if unknown:
-        raise ValueError(f"data.options: unknown synthetic option(s) {sorted(unknown)}; "
-                         f"known: {sorted(SYNTHETIC_DEFAULTS) + ['vqa', 'questions_per_study']}")
+        raise UserError(f"data.options: unknown synthetic option(s) {sorted(unknown)}; "
+                        f"known: {sorted(SYNTHETIC_DEFAULTS) + ['vqa', 'questions_per_study']}")
     sizes = [opts["num_train"], opts["num_validation"], opts["num_test"]]
     start = sum(sizes[: SPLITS.index(split)])  # disjoint index ranges keep the splits apart
     if opts.get("vqa"):
@@ -46,20 +49,34 @@ def _loader(name: str):
     if name in ("csv", "jsonl", "hf"):
         from .tabular import load_tabular
         return load_tabular
-    raise ValueError(f"data.dataset: unknown dataset '{name}'; expected one of "
-                     "synthetic, mimic_cxr, iu_xray, vqa_rad, slake, chestxray14, csv, jsonl, hf")
+    raise UserError(f"data.dataset: unknown dataset '{name}'; expected one of "
+                    "synthetic, mimic_cxr, iu_xray, vqa_rad, slake, chestxray14, csv, jsonl, hf")
 
 
 def load_split(dataset: str, split: str, root: str | None = None, image_size: int = 128,
                on_error: str = "raise", options: dict | None = None) -> list[dict]:
     """Records of one split ("train", "validation" or "test") of the configured dataset."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got '{split}'")
+        raise UserError(f"split must be one of {SPLITS}, got '{split}'")
     options = dict(options or {})
     if dataset == "synthetic":
         return _synthetic(root, split, image_size, on_error, **options)
     if root is None:
-        raise ValueError(f"data.root is required for dataset '{dataset}' (the folder that holds it)")
+        raise UserError(f"data.root is required for dataset '{dataset}' (the folder that holds it)")
     if not Path(root).exists():
-        raise FileNotFoundError(f"data.root: {root} does not exist")
-    return _loader(dataset)(root, split=split, on_error=on_error, **options)
+        raise UserError(f"data.root: {root} does not exist")
+    loader = _loader(dataset)
+    _check_options(dataset, loader, options)
+    return loader(root, split=split, on_error=on_error, **options)
+
+
+def _check_options(dataset: str, loader, options: dict) -> None:
+    """data.options are the loader's keyword arguments: an unknown one is a UserError listing the known."""
+    parameters = inspect.signature(loader).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    known = [name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+             and name not in ("split", "on_error")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UserError(f"data.options: unknown option(s) {unknown} for dataset '{dataset}'; known: {known}")

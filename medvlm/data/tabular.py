@@ -19,6 +19,7 @@ from medvlm.data.records import (
     parse_label, read_json, read_table,
 )
 from medvlm.data.reports import clean_report
+from medvlm.errors import UserError
 from medvlm.observations import CHEXPERT_OBSERVATIONS
 
 FORMATS = ("auto", "csv", "tsv", "jsonl", "hf")
@@ -35,20 +36,20 @@ def _label_columns(label_columns) -> list[str | None] | None:
         return None
     if isinstance(label_columns, str):
         if label_columns != "chexpert":
-            raise ValueError(f"label_columns must be 'chexpert', a list of 14 column names or a "
-                             f"dict observation -> column, got {label_columns!r}")
+            raise UserError(f"label_columns must be 'chexpert', a list of 14 column names or a "
+                            f"dict observation -> column, got {label_columns!r}")
         return list(CHEXPERT_OBSERVATIONS)
     if isinstance(label_columns, dict):
         unknown = [k for k in label_columns if k not in CHEXPERT_OBSERVATIONS]
         if unknown:
-            raise ValueError(f"label_columns: {unknown} are not CheXpert observations; expected "
-                             f"keys among {list(CHEXPERT_OBSERVATIONS)}")
+            raise UserError(f"label_columns: {unknown} are not CheXpert observations; expected "
+                            f"keys among {list(CHEXPERT_OBSERVATIONS)}")
         return [label_columns.get(obs) for obs in CHEXPERT_OBSERVATIONS]
     columns = list(label_columns)
     if len(columns) != len(CHEXPERT_OBSERVATIONS):
-        raise ValueError(f"label_columns: a list must name {len(CHEXPERT_OBSERVATIONS)} columns in "
-                         f"CHEXPERT_OBSERVATIONS order, got {len(columns)}; use a dict "
-                         "observation -> column for fewer")
+        raise UserError(f"label_columns: a list must name {len(CHEXPERT_OBSERVATIONS)} columns in "
+                        f"CHEXPERT_OBSERVATIONS order, got {len(columns)}; use a dict "
+                        "observation -> column for fewer")
     return columns
 
 
@@ -91,7 +92,7 @@ def _read_source(source, fmt: str):
             raise DataError(f"{path}: not a dataset saved with save_to_disk ({err})", path=path,
                             reason="bad_table") from None
         return (str(path), path, *_hf_parts(ds))
-    raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    raise UserError(f"format must be one of {FORMATS}, got {fmt!r}")
 
 
 def _hf_parts(ds):
@@ -173,7 +174,7 @@ def load_tabular(
         raise DataError(f"{name}: no column for {', '.join(missing)}; the table has columns {columns}",
                         path=name, reason="missing_column")
     if (question_column is None) != (answer_column is None):
-        raise ValueError("VQA tables need both question_column and answer_column")
+        raise UserError("VQA tables need both question_column and answer_column")
     image_root = Path(image_root) if image_root is not None else base
     log = SkipLog(on_error, source=f"tabular({name})")
 

@@ -32,6 +32,7 @@ from medvlm.data.images import check_image_file
 from medvlm.data.records import (
     DataError, SkipLog, check_split_arg, hash_split, make_record, read_json,
 )
+from medvlm.errors import UserError
 
 VQA_RAD_JSON = "VQA_RAD Dataset Public.json"
 VQA_RAD_IMAGES = "VQA_RAD Image Folder"
@@ -148,7 +149,7 @@ def load_vqa_rad(
     root = Path(root)
     splits = check_split_arg(split)
     if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        raise UserError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     if chest_only:
         organs = ["CHEST"]
     organs = None if organs is None else {str(o).strip().upper() for o in
