@@ -2,11 +2,12 @@
 
 import sys
 
-from medvlm.cli import eval_main
+from medvlm.cli import run
 
 
 def main(argv: list[str] | None = None) -> int:
-    return eval_main(argv)
+    """`medvlm eval`: a user error (missing checkpoint, bad config key) is one line and exit status 2."""
+    return run("eval", argv)
 
 
 if __name__ == "__main__":

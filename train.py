@@ -2,11 +2,12 @@
 
 import sys
 
-from medvlm.cli import train_main
+from medvlm.cli import run
 
 
 def main(argv: list[str] | None = None) -> int:
-    return train_main(argv)
+    """`medvlm train`: a user error (bad config key, missing file) is one line and exit status 2."""
+    return run("train", argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """`medvlm` command line: prepare | tokenizer | train | finetune | eval | generate | vqa | retrieve | explain | label.
 
-Every subcommand is `<name>_main(argv) -> int`, so train.py, eval.py and tests call the same code.
-Run options are `section.key=value` overrides of the YAML preset (see medvlm/config.py).
+Every subcommand is `<name>_main(argv) -> int`, so train.py, eval.py and tests call the same code;
+`run(name, argv)` runs one the way the command line does: a `UserError` (bad config key or value,
+missing file, bad data) is one line on stderr and exit status 2, anything else is a bug and keeps
+its traceback. Run options are `section.key=value` overrides of the YAML preset (see medvlm/config.py).
 """
 
 import argparse
@@ -11,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .errors import UserError
 
 EPILOG = "Overrides: any config key as section.key=value, e.g. train.max_steps=200 data.image_size=96"
 
@@ -24,6 +27,15 @@ def _config_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def _load(args) -> "RunConfig":  # noqa: F821
     return load_config(args.config, args.overrides)
+
+
+def _model_dir(path: str, option: str = "--checkpoint") -> Path:
+    """A saved medvlm model directory given on the command line, or a UserError naming it."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        what = "does not exist" if not path.exists() else "is not a medvlm model directory (no config.json)"
+        raise UserError(f"{option} {path}: {what}; expected a directory written by training, e.g. runs/demo/final")
+    return path
 
 
 # ---------------------------------------------------------------- train
@@ -40,7 +52,8 @@ def train_main(argv: list[str] | None = None) -> int:
         extra.append(f"train.output_dir={args.output_dir}")
     cfg = load_config(args.config, args.overrides + extra)
 
-    from .engine import Trainer, resolve_resume
+    from .checkpointing import resolve_resume
+    from .engine import Trainer
     from .processing import MedVLMProcessor
     from .finetuning import prepare_for_finetuning
     from .runs import build_model, build_processor, records_for, training_hooks
@@ -69,15 +82,15 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def finetune_main(argv: list[str] | None = None) -> int:
     """`train` that insists on a starting point: a medvlm checkpoint or pretrained tower files."""
-    parser = _config_parser("medvlm finetune", "Fine-tune from model.init_from (a medvlm model directory) or from "
+    parser = _config_parser("medvlm finetune", "Fine-tune from train.init_from (a medvlm model directory) or from "
                                                "model.vision/text.pretrained_path; accepts every train option.")
-    parser.add_argument("--init-from", help="shortcut for model.init_from=DIR")
+    parser.add_argument("--init-from", help="shortcut for train.init_from=DIR")
     args, rest = parser.parse_known_args(argv)
-    overrides = args.overrides + ([f"model.init_from={args.init_from}"] if args.init_from else [])
+    overrides = args.overrides + ([f"train.init_from={args.init_from}"] if args.init_from else [])
     cfg = load_config(args.config, overrides)
-    m = cfg.model
-    if not (m.init_from or m.vision.get("pretrained_path") or m.text.get("pretrained_path")):
-        raise ConfigError("finetune needs model.init_from (or --init-from) or a tower's pretrained_path")
+    towers = [getattr(cfg.model, name, None) or {} for name in ("vision", "text")]
+    if not (cfg.train.init_from or any(tower.get("pretrained_path") for tower in towers)):
+        raise ConfigError("finetune needs train.init_from (or --init-from) or a tower's pretrained_path")
     return train_main((["--config", args.config] if args.config else []) + rest + overrides)
 
 
@@ -97,7 +110,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     from .runs import load_trained, records_for
     from .tasks.evaluate import evaluate_checkpoint
 
-    model, processor, run_cfg = load_trained(args.checkpoint)
+    model, processor, run_cfg = load_trained(_model_dir(args.checkpoint))
     base = run_cfg.to_dict() if run_cfg else {}
     cfg = load_config(None, _flatten(base) + args.overrides)
     test_records = records_for(cfg, cfg.eval.split)
@@ -146,7 +159,7 @@ def generate_main(argv: list[str] | None = None) -> int:
     from .evaluation import generate_reports
     from .runs import load_trained
 
-    model, processor, _ = load_trained(args.checkpoint)
+    model, processor, _ = load_trained(_model_dir(args.checkpoint))
     gen = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample}
     for key in ("no_repeat_ngram_size", "top_k", "top_p", "temperature"):
         if getattr(args, key):
@@ -178,7 +191,7 @@ def vqa_main(argv: list[str] | None = None) -> int:
     from .runs import load_trained
     from .tasks.vqa import answer_questions
 
-    model, processor, _ = load_trained(args.checkpoint)
+    model, processor, _ = load_trained(_model_dir(args.checkpoint))
     answers = answer_questions(model, processor, [args.image] * len(args.question), args.question,
                                max_new_tokens=args.max_new_tokens)
     for question, answer in zip(args.question, answers):
@@ -206,7 +219,7 @@ def retrieve_main(argv: list[str] | None = None) -> int:
     from .runs import load_trained, records_for
     from .tasks.retrieval import rank_reports, text_embeddings
 
-    model, processor, run_cfg = load_trained(args.checkpoint)
+    model, processor, run_cfg = load_trained(_model_dir(args.checkpoint))
     images = image_embeddings(model, processor, [{"image": path} for path in args.image])
     if args.text:
         scores = images @ text_embeddings(model, processor, [args.text])[0]
@@ -214,11 +227,12 @@ def retrieve_main(argv: list[str] | None = None) -> int:
             print(json.dumps({"rank": rank, "image": args.image[i], "score": round(float(scores[i]), 4)}))
         return 0
     if args.gallery:
-        gallery = [line.strip() for line in Path(args.gallery).read_text().splitlines() if line.strip()]
+        gallery = [line.strip() for line in _read_text(args.gallery, "--gallery").splitlines() if line.strip()]
     elif run_cfg is not None:
         gallery = [r["text"] for r in records_for(run_cfg, args.gallery_split) if r.get("text")]
     else:
-        raise ValueError("no --gallery given and the checkpoint has no run_config.yaml to find its data")
+        raise UserError(f"no --gallery given and {args.checkpoint} has no run_config.yaml to find its data; "
+                        "pass --gallery FILE (one report per line)")
     ranked = rank_reports(images, gallery, text_embeddings(model, processor, gallery), args.top_k)
     for path, hits in zip(args.image, ranked):
         print(json.dumps({"image": path, "reports": [{"text": t, "score": round(s, 4)} for t, s in hits]}))
@@ -254,7 +268,7 @@ def explain_main(argv: list[str] | None = None) -> int:
     from .explain.image import explain_image
     from .runs import load_trained
 
-    model, processor, _ = load_trained(args.checkpoint)
+    model, processor, _ = load_trained(_model_dir(args.checkpoint))
     for image in args.images:
         summary = explain_image(model, processor, image, args.out, args.method, args.question, args.target,
                                 args.layers, args.heads, args.layer, args.words, args.max_words, args.negative,
@@ -299,6 +313,15 @@ def prepare_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _read_text(path: str, option: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{option} {path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{option} {path}: cannot read it as UTF-8 text ({error})") from None
+
+
 def label_main(argv: list[str] | None = None) -> int:
     from .metrics.chexpert import label_main as run
 
@@ -319,18 +342,24 @@ COMMANDS = {
 }
 
 
+def run(command: str, argv: list[str] | None = None) -> int:
+    """Run one subcommand as the command line does: a UserError becomes `medvlm <command>: error:
+    <message>` on stderr and exit status 2; every other exception propagates with its traceback."""
+    logging.basicConfig(level=logging.WARNING, format="[medvlm] %(levelname)s %(message)s")
+    try:
+        return COMMANDS[command](list(sys.argv[1:] if argv is None else argv))
+    except UserError as error:
+        print(f"medvlm {command}: error: {error}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: medvlm {" + ",".join(COMMANDS) + "} [--help] ...")
         print(__doc__.strip().splitlines()[0])
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    logging.basicConfig(level=logging.WARNING, format="[medvlm] %(levelname)s %(message)s")
-    try:
-        return COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"medvlm {argv[0]}: error: {error}", file=sys.stderr)
-        return 2
+    return run(argv[0], argv[1:])
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from tokenizers.processors import TemplateProcessing
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from .errors import UserError
+
 PAD, BOS, EOS, UNK, SEP = "<pad>", "<s>", "</s>", "<unk>", "<sep>"
 SPM_FILE = "sentencepiece.model"
 
@@ -27,7 +29,7 @@ def train_sentencepiece(texts: Iterable[str], out_file: str | Path, vocab_size: 
     """
     texts = [t.strip() for t in texts if t and t.strip()]
     if not texts:
-        raise ValueError("cannot train a tokenizer: no non-empty report text was given")
+        raise UserError("cannot train a tokenizer: the training split has no non-empty report text")
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,10 +100,10 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """Any HF tokenizer saved in a local directory (ours, or e.g. a BERT vocabulary)."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"tokenizer directory not found: {path}")
+        raise UserError(f"tokenizer directory not found: {path} (data.tokenizer, or a model directory's tokenizer)")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if (path / SPM_FILE).is_file():
         tokenizer._spm_source = path / SPM_FILE
     if tokenizer.pad_token is None:
-        raise ValueError(f"{path}: the tokenizer has no pad token; set one before training")
+        raise UserError(f"{path}: the tokenizer has no pad token; set one before training")
     return tokenizer
