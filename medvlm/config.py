@@ -30,8 +30,9 @@ class ModelSettings:
     (`MedVLMConfig`, or `CheXNetConfig` with `architecture: chexnet`): its fields are the keys,
     their types are checked, and its defaults apply. A new model option is a new field there.
 
-    `values` holds the keys the preset set; attribute access (`cfg.model.vision`) gives the
-    resolved setting, defaults and dict merging included, as the model will see it."""
+    `values` holds the keys the preset set; attribute access gives the
+    resolved setting (e.g. the whole vision dict), defaults and dict merging included, as the
+    model will see it."""
 
     def __init__(self, architecture: str, values: dict):
         self.architecture = architecture

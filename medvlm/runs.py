@@ -29,11 +29,11 @@ def records_for(cfg: RunConfig, split: str) -> list[dict]:
 def build_processor(cfg: RunConfig, train_records: list[dict]) -> MedVLMProcessor:
     """The tokenizer comes from `train.init_from`, `data.tokenizer`, or is trained on the
     training reports (saved under the run directory)."""
-    d = cfg.data
+    d, m = cfg.data, cfg.model
     if cfg.train.init_from:
         return MedVLMProcessor.from_pretrained(cfg.train.init_from)
     if cfg.model.architecture == "chexnet":  # image-only: the processor is just the image transform
-        in_chans = cfg.model.vision.get("in_chans", 1)
+        in_chans = m.vision.get("in_chans", 1)
         transform = ImageTransform(d.image_size, resize_mode=d.resize_mode, in_chans=in_chans)
         return MedVLMProcessor(None, transform, max_length=d.max_length)
     if d.tokenizer:
@@ -42,15 +42,16 @@ def build_processor(cfg: RunConfig, train_records: list[dict]) -> MedVLMProcesso
         corpus = [r["text"] for r in train_records] + [r["question"] for r in train_records if r.get("question")]
         tokenizer = train_report_tokenizer(corpus, Path(cfg.train.output_dir) / "tokenizer",
                                            vocab_size=d.tokenizer_vocab_size, model_max_length=d.max_length)
-    transform = ImageTransform(d.image_size, resize_mode=d.resize_mode, in_chans=cfg.model.vision.get("in_chans", 1))
+    transform = ImageTransform(d.image_size, resize_mode=d.resize_mode, in_chans=m.vision.get("in_chans", 1))
     return MedVLMProcessor(tokenizer, transform, max_length=d.max_length)
 
 
 def model_config(cfg: RunConfig, tokenizer) -> MedVLMConfig:
     """The model section as the preset wrote it, completed from the data (image size, text
     positions) and the tokenizer (vocabulary, special ids)."""
-    settings = dict(cfg.model.values)
-    text = dict(settings.pop("text", None) or {})
+    m = cfg.model
+    settings = {k: v for k, v in m.values.items() if k not in ("vision", "text")}
+    text = dict(m.values.get("text") or {})
     if text.get("pretrained_path"):
         text = {**text_spec_from_checkpoint(text["pretrained_path"]), **text}
     text = merged_text(text)
@@ -58,7 +59,7 @@ def model_config(cfg: RunConfig, tokenizer) -> MedVLMConfig:
                     max(cfg.data.max_length, 64))
     return MedVLMConfig(
         **settings,
-        vision={**cfg.model.vision, "img_size": cfg.data.image_size},
+        vision={**m.vision, "img_size": cfg.data.image_size},
         text=text,
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
@@ -71,10 +72,11 @@ def chexnet_config(cfg: RunConfig, train_records: list[dict] | None) -> CheXNetC
     """Labels in the dataset's order; class weights from the training records' positive shares."""
     from .tasks.classification import label_names_for, positive_fraction
 
+    m = cfg.model
     names = label_names_for(cfg.data.dataset)
     labelled = [r for r in train_records or [] if r.get("labels") is not None]
     return CheXNetConfig(
-        **{**cfg.model.values, "vision": {**cfg.model.vision, "img_size": cfg.data.image_size}},
+        **{**m.values, "vision": {**m.vision, "img_size": cfg.data.image_size}},
         label_names=names,
         positive_fraction=positive_fraction(labelled, len(names), cfg.eval.uncertain) if labelled else None,
     )
@@ -146,6 +148,6 @@ def training_hooks(cfg: RunConfig, processor: MedVLMProcessor, validation_record
         from .tasks.vqa import vqa_training_evaluator
 
         return vqa_training_evaluator(processor, cfg.eval.batch_size), None
-    from .evaluation import training_evaluator
+    from .tasks.report_generation import training_evaluator
 
     return training_evaluator(processor, cfg.eval), None

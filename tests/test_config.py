@@ -100,3 +100,21 @@ def test_saved_run_config_reloads_to_the_same_settings(tmp_path, preset):
     again = load_config(tmp_path / "run_config.yaml")
     assert again.to_dict() == cfg.to_dict()
     assert again.model.vision == cfg.model.vision
+
+
+def test_demo_model_config_is_the_preset_completed_from_data_and_tokenizer():
+    from medvlm.runs import model_config
+
+    class Tokenizer:  # what model_config reads of a tokenizer
+        bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+        def __len__(self):
+            return 600
+
+    cfg = load_config(CONFIGS / "demo.yaml")
+    config = model_config(cfg, Tokenizer())
+    assert config.vocab_size == 600 and (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (1, 2, 0)
+    assert config.vision["model_name"] == "regnetx_002" and config.vision["img_size"] == cfg.data.image_size
+    assert config.vision["token_reduction"] == 16 and config.vision["pool_tokens"] == "max"
+    assert config.text["n_embd"] == 192 and config.text["n_positions"] == cfg.data.max_length
+    assert config.fusion_null_slot and config.fusion_image_positions and config.embed_dim == 128
