@@ -1,8 +1,9 @@
 """Cheap fine-tuning: freeze whole towers, or train LoRA adapters (peft) and merge them for export."""
 
 import copy
+import re
 
-from torch import nn
+from .errors import UserError
 
 TOWERS = ("vision", "text", "fusion")
 # LoRA targets per tower: attention and MLP projections, by module-name suffix
@@ -13,31 +14,21 @@ LORA_TARGETS = {
 }
 
 
-def tower_modules(model) -> dict[str, list[nn.Module | nn.Parameter]]:
-    inner = model.model
-    fusion = [inner.fusion, inner.image_to_fusion, inner.ln_final]
-    if inner.image_positions is not None:
-        fusion.append(inner.image_positions)
-    return {
-        "vision": [inner.vision, inner.image_projection],
-        "text": [inner.text, inner.text_projection],
-        "fusion": fusion,
-    }
-
-
 def freeze_towers(model, towers: list[str]) -> None:
+    """Stop gradients to the named towers (`model.tower_modules()`: vision, text, fusion)."""
     unknown = set(towers) - set(TOWERS)
     if unknown:
-        raise ValueError(f"train.freeze: unknown tower(s) {sorted(unknown)}; choose from {list(TOWERS)}")
-    modules = tower_modules(model)
+        raise UserError(f"train.freeze: unknown tower(s) {sorted(unknown)}; choose from {list(TOWERS)}")
+    modules = model.tower_modules()
     for tower in towers:
         for module in modules[tower]:
             module.requires_grad_(False)
 
 
-def lora_target_regex(towers: list[str]) -> str:
-    prefixes = {"vision": r"model\.vision\.backbone\.blocks", "text": r"model\.text\.model", "fusion": r"model\.fusion"}
-    parts = [f"{prefixes[t]}\\..*\\.({'|'.join(LORA_TARGETS[t])})" for t in towers]
+def lora_target_regex(towers: list[str], prefixes: dict[str, str]) -> str:
+    """peft's `target_modules` regex: the LORA_TARGETS projections under each tower's block
+    prefix (`model.tower_block_prefixes`)."""
+    parts = [f"{re.escape(prefixes[t])}\\..*\\.({'|'.join(LORA_TARGETS[t])})" for t in towers]
     return "^(" + "|".join(parts) + ")$"
 
 
@@ -48,16 +39,16 @@ def add_lora(model, settings: dict):
     known = {"r", "alpha", "dropout", "towers"}
     unknown = set(settings) - known
     if unknown:
-        raise ValueError(f"train.lora: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        raise UserError(f"train.lora: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
     towers = list(settings.get("towers", ["fusion", "text"]))
     bad = set(towers) - set(TOWERS)
     if bad:
-        raise ValueError(f"train.lora.towers: unknown tower(s) {sorted(bad)}; choose from {list(TOWERS)}")
+        raise UserError(f"train.lora.towers: unknown tower(s) {sorted(bad)}; choose from {list(TOWERS)}")
     config = LoraConfig(
         r=int(settings.get("r", 8)),
         lora_alpha=int(settings.get("alpha", 16)),
         lora_dropout=float(settings.get("dropout", 0.0)),
-        target_modules=lora_target_regex(towers),
+        target_modules=lora_target_regex(towers, model.tower_block_prefixes),
     )
     return get_peft_model(model, config)
 
@@ -82,7 +73,7 @@ def prepare_for_finetuning(model, freeze: list[str], lora: dict | None):
         model = add_lora(model, lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable == 0:
-        raise ValueError("nothing to train: every parameter is frozen (check train.freeze)")
+        raise UserError("nothing to train: every parameter is frozen (check train.freeze)")
     return model
 
 

@@ -120,6 +120,14 @@ def test_similarity_grad_cam_of_a_model_pooling_its_tokens_is_class_activation_m
     assert not torch.allclose(*cams[False])
 
 
+def test_an_unknown_grad_cam_layer_is_a_user_error():
+    from medvlm.errors import UserError
+
+    model = QuadrantModel()
+    with pytest.raises(UserError, match="layer 'features.nope': no such submodule"):
+        grad_cam(model, "features.nope", lambda: model(quadrant_images())[:, 0])
+
+
 def test_normalize_maps_keeps_the_direction():
     maps = torch.tensor([[[0.0, 2.0], [4.0, 8.0]], [[3.0, 3.0], [3.0, 3.0]]])
     out = normalize_maps(maps)
@@ -150,13 +158,13 @@ def test_cross_attention_maps_are_the_attention_the_model_uses():
     assert maps.shape == (2, 7, 2, 2)  # 32 px, 16 px patches: a 2 x 2 grid
     assert torch.allclose(maps.sum(dim=(2, 3)), torch.ones(2, 7), atol=1e-5)
     # the weights reproduce the SDPA output of the first cross-attention block
-    block = model.model.fusion[0]
+    cross = model.cross_attention_layers()[0]
     tokens, _ = model.model.encode_image(pixels)
-    kv = block.cross_attn.image_keys_values(tokens)
+    kv = cross.image_keys_values(tokens)
     x = torch.randn(2, 7, tokens.shape[-1])
-    weights = block.cross_attn.attention_weights(x, kv)  # (B, heads, T, N)
+    weights = cross.attention_weights(x, kv)  # (B, heads, T, N)
     by_hand = (weights @ kv[1]).transpose(1, 2).reshape(2, 7, -1)
-    assert torch.allclose(block.cross_attn.proj(by_hand), block.cross_attn(x, kv), atol=1e-5)
+    assert torch.allclose(cross.proj(by_hand), cross(x, kv), atol=1e-5)
     one = cross_attention_maps(model, pixels, ids, layers=[-1], heads=[0])
     assert one.shape == maps.shape and not torch.allclose(one, maps)
     with pytest.raises(ValueError, match="out of range"):
@@ -171,13 +179,13 @@ def test_attention_maps_leave_out_the_null_slot(qk_norm):
     maps = cross_attention_maps(model, pixels, ids)
     assert maps.shape == (2, 7, 2, 2)  # patches only
     assert float(maps.sum(dim=(2, 3)).max()) < 1.0 - 1e-3  # the null slot's share (> 0) is not in the map
-    block = model.model.fusion[0]
+    cross = model.cross_attention_layers()[0]
     tokens, _ = model.model.encode_image(pixels)
-    kv = block.cross_attn.image_keys_values(tokens)
+    kv = cross.image_keys_values(tokens)
     x = torch.randn(2, 7, tokens.shape[-1])
-    weights = block.cross_attn.attention_weights(x, kv, with_null=True)  # (B, heads, T, N + 1)
+    weights = cross.attention_weights(x, kv, with_null=True)  # (B, heads, T, N + 1)
     by_hand = (weights @ kv[1]).transpose(1, 2).reshape(2, 7, -1)
-    assert torch.allclose(block.cross_attn.proj(by_hand), block.cross_attn(x, kv), atol=1e-5)
+    assert torch.allclose(cross.proj(by_hand), cross(x, kv), atol=1e-5)
     relevance = cross_attention_relevance(model, pixels[:1], ids[:1], [[2]])
     assert relevance.shape == (1, 2, 2)
 
@@ -190,8 +198,8 @@ def test_gradient_weighted_attention_follows_the_gradient():
     assert relevance.shape == (2, 2, 2) and float(relevance.min()) >= 0 and float(relevance.sum()) > 0
     with torch.no_grad():  # the explicit-attention hooks are gone: SDPA path unchanged
         assert torch.isfinite(model(input_ids=ids, pixel_values=pixels).logits).all()
-    for block in model.model.fusion:  # the image can no longer change any prediction ...
-        torch.nn.init.zeros_(block.cross_attn.proj.weight)
+    for cross in model.cross_attention_layers():  # the image can no longer change any prediction ...
+        torch.nn.init.zeros_(cross.proj.weight)
     assert float(cross_attention_relevance(model, pixels, ids, [[2]]).abs().max()) == 0.0  # ... so nothing is relevant
 
 

@@ -4,9 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medvlm.modeling.losses import (
-    LinearCrossEntropy, caption_loss, contrastive_loss, same_text_matrix, weighted_total,
-)
+from medvlm.modeling.kernels import LinearCrossEntropy
+from medvlm.modeling.losses import caption_loss, contrastive_loss, same_text_matrix, weighted_total
 
 
 def test_aligned_embeddings_give_a_low_loss_and_shuffled_a_high_one():

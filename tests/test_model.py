@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, GPT2Config, GPT2Model
 
+from medvlm.errors import UserError
 from medvlm.modeling import MedVLMConfig, MedVLMForConditionalGeneration, MedVLMModel
-from medvlm.modeling.fusion import FEW_ROWS, few_row_linear
 from tiny import VOCAB, tiny_config
 
 
@@ -53,21 +53,6 @@ def test_text_tower_is_causal():
     a = model(ids, pixels, mask).logits
     b = model(changed, pixels, mask).logits
     torch.testing.assert_close(a[:, :6], b[:, :6])  # the future does not leak into earlier positions
-
-
-@pytest.mark.parametrize("shape", [(1, 1, 24), (3, 24), (2, 5, 24), (FEW_ROWS + 1, 24)])
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_few_row_linear_matches_f_linear_with_gradients(shape, with_bias):
-    torch.manual_seed(0)
-    weight = torch.randn(40, 24, requires_grad=True)
-    bias = torch.randn(40, requires_grad=True) if with_bias else None
-    x = torch.randn(*shape, requires_grad=True)
-    ours, theirs = few_row_linear(x, weight, bias), F.linear(x, weight, bias)
-    assert ours.shape == theirs.shape == (*shape[:-1], 40)
-    torch.testing.assert_close(ours, theirs)
-    grads = [torch.autograd.grad(out.square().sum(), [x, weight]) for out in (ours, theirs)]
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b)
 
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
@@ -135,7 +120,7 @@ def test_unknown_cache_implementation_is_a_clear_error():
 def test_compiled_static_decoding_matches_eager():
     # eval.compile_decoding=true: a static cache and a compiled decode step, on CPU too
     from medvlm.config import EvalConfig
-    from medvlm.evaluation import generation_kwargs
+    from medvlm.tasks.report_generation import generation_kwargs
 
     torch.manual_seed(4)
     model = MedVLMForConditionalGeneration(tiny_config()).eval()
@@ -191,7 +176,7 @@ def test_towers_load_local_pretrained_weights(tmp_path):
     cfg.vision["pretrained_path"] = str(tmp_path / "vit.safetensors")
     cfg.text["pretrained_path"] = str(text_dir)
     model = MedVLMForConditionalGeneration(cfg)
-    model.model.load_pretrained_towers()
+    model.load_pretrained_towers()
     expected = rgb.state_dict()["patch_embed.proj.weight"].sum(dim=1, keepdim=True)
     loaded = model.model.vision.backbone.patch_embed.proj.weight
     torch.testing.assert_close(loaded, expected, rtol=1e-5, atol=1e-6)
@@ -203,8 +188,8 @@ def test_missing_weight_file_is_a_clear_error(tmp_path):
     cfg = tiny_config()
     cfg.vision["pretrained_path"] = str(tmp_path / "nope.safetensors")
     model = MedVLMForConditionalGeneration(cfg)
-    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
-        model.model.load_pretrained_towers()
+    with pytest.raises(UserError, match="model.vision.pretrained_path=.*nope.safetensors.*not found"):
+        model.load_pretrained_towers()
 
 
 def test_optimizer_groups_exclude_biases_and_norms_from_decay():
@@ -303,3 +288,46 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     torch.testing.assert_close(grads[0][0], grads[1][0])
     for plain, recomputed in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(plain, recomputed, rtol=1e-4, atol=1e-6)
+
+
+def test_public_methods_give_the_inner_model_s_features_and_towers():
+    torch.manual_seed(0)
+    model = MedVLMForConditionalGeneration(tiny_config(fusion_image_positions=True)).eval()
+    pixels, ids, mask, _ = batch()
+    with torch.no_grad():
+        out = model(ids, pixels, mask)
+        image, text = model.get_image_features(pixels), model.get_text_features(ids, mask)
+    assert image.shape == text.shape == (3, 16)
+    torch.testing.assert_close(image, out.image_embeds, rtol=0, atol=0)
+    torch.testing.assert_close(text, out.text_embeds, rtol=0, atol=0)
+    torch.testing.assert_close(image.norm(dim=-1), torch.ones(3))
+    assert len(model.cross_attention_layers()) == model.config.fusion_layers
+    assert model.max_text_positions() == 64
+    assert model.get_submodule(model.vision_backbone_name) is model.vision_tower().backbone
+    names = dict(model.named_modules())
+    for prefix in model.tower_block_prefixes.values():
+        assert prefix in names
+    towers = model.tower_modules()
+    owned = {id(p) for group in towers.values() for item in group
+             for p in ([item] if isinstance(item, torch.nn.Parameter) else item.parameters())}
+    rest = [n for n, p in model.named_parameters() if id(p) not in owned]
+    assert sorted(rest) == ["lm_bias", "model.logit_scale"]  # the head bias and the temperature: no tower's
+
+
+@pytest.mark.parametrize("vision, message", [
+    ({"model_name": "vit_nonexistent_224"}, "model.vision.model_name='vit_nonexistent_224': not a timm model"),
+    ({"timm_kwargs": {"no_such_argument": 1}}, r"model.vision.timm_kwargs=\{'no_such_argument': 1\}"),
+])
+def test_bad_vision_settings_are_user_errors_naming_the_key(vision, message):
+    config = tiny_config()
+    config.vision.update(vision)
+    with pytest.raises(UserError, match=message):
+        MedVLMForConditionalGeneration(config)
+
+
+def test_bad_text_tower_path_is_a_user_error(tmp_path):
+    cfg = tiny_config()
+    cfg.text["pretrained_path"] = str(tmp_path / "missing")
+    model = MedVLMForConditionalGeneration(cfg)
+    with pytest.raises(UserError, match="model.text.pretrained_path="):
+        model.load_pretrained_towers()

@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from ..errors import UserError
+
 
 def _as_indices(chosen, count: int, what: str) -> list[int]:
     if chosen is None:
@@ -20,7 +22,7 @@ def _as_indices(chosen, count: int, what: str) -> list[int]:
     out = []
     for i in chosen:
         if not -count <= int(i) < count:
-            raise ValueError(f"{what} {list(chosen)}: {i} is out of range, the model has {count}")
+            raise UserError(f"{what} {list(chosen)}: {i} is out of range, the model has {count}")
         out.append(int(i) % count)
     return out
 
@@ -35,11 +37,11 @@ def cross_attention_maps(model, pixel_values: torch.Tensor, input_ids: torch.Ten
     block's cross-attention recompute its weights (`CrossAttention.attention_weights`), so the
     training/generation path (SDPA) stays as it is.
     """
-    blocks = model.model.fusion
-    layer_ids = _as_indices(layers, len(blocks), "layers")
+    cross_attentions = model.cross_attention_layers()
+    layer_ids = _as_indices(layers, len(cross_attentions), "layers")
     captured: dict[int, torch.Tensor] = {}
     hooks = [
-        blocks[i].cross_attn.register_forward_hook(
+        cross_attentions[i].register_forward_hook(
             lambda module, args, output, i=i: captured.__setitem__(i, module.attention_weights(*args)))
         for i in layer_ids
     ]
@@ -76,8 +78,8 @@ def cross_attention_relevance(model, pixel_values: torch.Tensor, input_ids: torc
     gradient keeps only attention that changes the prediction. pixel_values: (1, C, S, S);
     input_ids: (1, T); targets: positions p >= 1 of tokens to explain (row p - 1 predicted them).
     """
-    blocks = model.model.fusion
-    layer_ids = _as_indices(layers, len(blocks), "layers")
+    cross_attentions = model.cross_attention_layers()
+    layer_ids = _as_indices(layers, len(cross_attentions), "layers")
     kept: dict[int, torch.Tensor] = {}
 
     def explicit_attention(i):
@@ -89,7 +91,7 @@ def cross_attention_relevance(model, pixel_values: torch.Tensor, input_ids: torc
             return module.proj((weights @ image_kv[1]).transpose(1, 2).reshape(B, T, D))
         return hook
 
-    hooks = [blocks[i].cross_attn.register_forward_hook(explicit_attention(i)) for i in layer_ids]
+    hooks = [cross_attentions[i].register_forward_hook(explicit_attention(i)) for i in layer_ids]
     was_training = model.training
     model.eval()
     try:
@@ -97,7 +99,7 @@ def cross_attention_relevance(model, pixel_values: torch.Tensor, input_ids: torc
             logprobs = model(input_ids=input_ids, pixel_values=pixel_values).logits.float().log_softmax(-1)
             weights = [kept[i] for i in layer_ids]
             head_ids = _as_indices(heads, weights[0].shape[1], "heads")
-            patches = weights[0].shape[-1] - (blocks[layer_ids[0]].cross_attn.null_kv is not None)  # null slot last
+            patches = weights[0].shape[-1] - (cross_attentions[layer_ids[0]].null_kv is not None)  # null slot last
             maps = []
             for group in targets:
                 rows = [p - 1 for p in group]
@@ -118,7 +120,7 @@ WEIGHTINGS = ("raw", "gradient")
 
 def check_weighting(weighting: str) -> None:
     if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        raise UserError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
 
 
 def _starts_word(piece: str, wordpiece: bool) -> bool:
@@ -168,7 +170,7 @@ def explain_generation(model, processor, image, question: str | None = None, lay
     check_weighting(weighting)
     device = next(model.parameters()).device
     pixels = processor.images([image]).to(device)  # (1, C, S, S)
-    positions = getattr(model.model.text.model.config, "max_position_embeddings", None) or 10**9
+    positions = model.max_text_positions() or 10**9
     if question:
         prompt = {k: v.to(device) for k, v in processor.prompts([question]).items()}
         start = prompt["input_ids"].shape[1]

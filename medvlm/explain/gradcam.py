@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
+
 
 def _spatial(activations: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
     """Layer output -> (B, C, h, w): CNN maps as they are, transformer tokens (B, prefix + N, C)
@@ -22,11 +24,11 @@ def _spatial(activations: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
     if activations.ndim == 4:
         return activations
     if activations.ndim != 3:
-        raise ValueError(f"Grad-CAM needs a (B, C, h, w) or (B, N, C) layer output, got {tuple(activations.shape)}")
+        raise UserError(f"Grad-CAM needs a layer whose output is (B, C, h, w) or (B, N, C), got {tuple(activations.shape)}")
     tokens = activations[:, num_prefix_tokens:]  # (B, N, C)
     side = math.isqrt(tokens.shape[1])
     if side * side != tokens.shape[1]:
-        raise ValueError(f"{tokens.shape[1]} tokens do not form a square grid")
+        raise UserError(f"Grad-CAM layer output: {tokens.shape[1]} tokens do not form a square grid")
     return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)  # (B, C, h, w)
 
 
@@ -47,7 +49,11 @@ def grad_cam(model: nn.Module, layer: str, forward: Callable[[], torch.Tensor], 
     The model runs in eval mode (batch norm, dropout) and gets its train/eval mode back afterwards;
     parameter gradients are left untouched.
     """
-    module = model.get_submodule(layer)
+    try:
+        module = model.get_submodule(layer)
+    except AttributeError:
+        raise UserError(f"layer {layer!r}: no such submodule of the {type(model).__name__} "
+                        "(names as `model.named_modules()` gives them)") from None
     captured = {}
     def keep(module, args, output):
         if not output.requires_grad:  # a frozen backbone: start the graph here

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 from .attention import explain_generation
 from .overlay import display_image, save_overlay, save_word_overlays
 from .targets import classifier_cams, default_layer, is_classifier, similarity_cams
@@ -58,7 +59,7 @@ def explain_image(model, processor, image, out_dir, method: str = "attention", q
         summary = _similarity(model, processor, image, out_dir, stem, question, target, negative, layer, elementwise,
                               mean, std)
     else:
-        raise ValueError(f"method must be 'attention' or 'gradcam', got {method!r}")
+        raise UserError(f"method must be 'attention' or 'gradcam', got {method!r}")
     summary["image"] = str(image)
     (out_dir / f"{stem}_explain.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -86,7 +87,7 @@ def _classifier(model, processor, image, out_dir, stem, target, layer, elementwi
         labels = [t.strip() for t in target.split(",")]
         unknown = [t for t in labels if t not in names]
         if unknown:
-            raise ValueError(f"--target {unknown} not among the model's labels {names}")
+            raise UserError(f"--target {unknown} not among the model's labels {names}")
     else:
         labels = [names[int(probabilities.argmax())]]
     columns = torch.tensor([names.index(t) for t in labels])
@@ -109,7 +110,7 @@ def _similarity(model, processor, image, out_dir, stem, question, target, negati
     texts = [text] + ([negative] if negative else [])
     batch = processor.texts(texts)
     with torch.no_grad():
-        embeds = model.model.get_text_features(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        embeds = model.get_text_features(batch["input_ids"].to(device), batch["attention_mask"].to(device))
     direction = embeds[:1] - embeds[1:2] if negative else embeds[:1]  # (1, E) score = image . direction
     cam = similarity_cams(model, pixels, direction, layer, elementwise)[0]
     label = f"similarity to: {text}" + (f" minus: {negative}" if negative else "")

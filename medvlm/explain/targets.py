@@ -21,20 +21,15 @@ def is_classifier(model) -> bool:
     return getattr(model.config, "model_type", None) == "chexnet"
 
 
-def vision_tower(model):
-    return model.vision if is_classifier(model) else model.model.vision
-
-
 MAX_STRIDE = 16
 
 
 def default_layer(model, max_stride: int | None = MAX_STRIDE) -> str:
     """The last vision-backbone stage with stride <= max_stride (None: the last stage), as a
     `get_submodule` name."""
-    prefix = "vision.backbone." if is_classifier(model) else "model.vision.backbone."
-    stages = vision_tower(model).backbone.feature_info
+    stages = model.vision_tower().backbone.feature_info
     fine = [s for s in stages if max_stride is None or s["reduction"] <= max_stride]
-    return prefix + (fine or stages)[-1]["module"]
+    return f"{model.vision_backbone_name}.{(fine or stages)[-1]['module']}"
 
 
 def classifier_cams(model, pixels: torch.Tensor, label_indices: torch.Tensor, layer: str | None = None,
@@ -45,7 +40,7 @@ def classifier_cams(model, pixels: torch.Tensor, label_indices: torch.Tensor, la
     label_indices = label_indices.to(pixels.device)
     return grad_cam(model, layer or default_layer(model),
                     lambda: model(pixel_values=pixels).logits[rows, label_indices],
-                    size=tuple(pixels.shape[-2:]), num_prefix_tokens=vision_tower(model).num_prefix_tokens,
+                    size=tuple(pixels.shape[-2:]), num_prefix_tokens=model.vision_tower().num_prefix_tokens,
                     elementwise=elementwise)
 
 
@@ -55,6 +50,6 @@ def similarity_cams(model, pixels: torch.Tensor, text_embeds: torch.Tensor, laye
     (B, E): a normalised text embedding (similarity) or positive - negative (zero-shot score)."""
     text_embeds = text_embeds.to(pixels.device)
     return grad_cam(model, layer or default_layer(model),
-                    lambda: (model.model.get_image_features(pixels) * text_embeds).sum(-1),
-                    size=tuple(pixels.shape[-2:]), num_prefix_tokens=vision_tower(model).num_prefix_tokens,
+                    lambda: (model.get_image_features(pixels) * text_embeds).sum(-1),
+                    size=tuple(pixels.shape[-2:]), num_prefix_tokens=model.vision_tower().num_prefix_tokens,
                     elementwise=elementwise)

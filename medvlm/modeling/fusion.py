@@ -6,35 +6,8 @@ from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from torch import nn
 
-# Rows (tokens in a batch) up to which `few_row_linear` takes its matrix-product form.
-FEW_ROWS = 64
-
-
-def few_row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear for a decoding step: with at most FEW_ROWS rows of float32 on the CPU it computes
-    (weight @ x^T)^T, one row repeated when there is only one. On the CPU measured (AMD EPYC,
-    2 threads, MKL), F.linear's matrix-vector product (one row) and its product of a few rows by
-    the transposed (out, in) matrix read the weights at 8-15 GB/s; the product of the matrix by two
-    to 64 columns reads them at 25-55 GB/s: the 30522 x 384 LM head takes 0.9 ms at one or two rows
-    this way, against 3.3 ms (one row) and 6.1 ms (two) through F.linear. Same values up to float32
-    rounding; elsewhere (more rows, bf16, GPUs) it is F.linear."""
-    rows = x.numel() // x.shape[-1]
-    if rows > FEW_ROWS or x.device.type != "cpu" or x.dtype != torch.float32:
-        return F.linear(x, weight, bias)
-    flat = x.reshape(rows, x.shape[-1])  # (rows, in)
-    if rows == 1:
-        flat = torch.cat([flat, flat])  # two real columns: one column would be a matrix-vector product again
-    out_t = weight @ flat.T if bias is None else torch.addmm(bias[:, None], weight, flat.T)  # (out, rows')
-    # contiguous rows: attention kernels (SDPA's flash path on the CPU) want a unit last stride
-    return out_t.T[:rows].contiguous().view(*x.shape[:-1], weight.shape[0])
-
-
-class FewRowLinear(nn.Linear):
-    """nn.Linear whose forward is `few_row_linear` (same parameters and state-dict keys; LoRA
-    wraps it like any nn.Linear)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return few_row_linear(x, self.weight, self.bias)
+from ..errors import UserError
+from .kernels import FewRowLinear
 
 
 class CausalSelfAttention(nn.Module):
@@ -45,7 +18,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, width: int, num_heads: int, dropout: float, layer_idx: int):
         super().__init__()
         if width % num_heads:
-            raise ValueError(f"fusion width {width} is not divisible by {num_heads} heads")
+            raise UserError(f"model.fusion_heads={num_heads}: the fusion width {width} (the text tower's) is not "
+                            "divisible by it")
         self.num_heads = num_heads
         self.layer_idx = layer_idx  # position of this layer in the shared KV cache
         self.qkv = FewRowLinear(width, 3 * width)  # fused projection: one matmul instead of three

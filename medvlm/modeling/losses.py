@@ -2,9 +2,8 @@
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from .kernels import IGNORE_INDEX, caption_cross_entropy  # IGNORE_INDEX: the label the caption loss skips
 
 
 def gather_with_local_grad(x: torch.Tensor) -> torch.Tensor:
@@ -79,81 +78,11 @@ def caption_loss(
     where the token shift happens: position t of `hidden` (B, T, D) predicts token t+1 of `labels`
     (B, T). Labels equal to -100 (pads, prompt tokens) are ignored; the mean is over the rest.
 
-    Equal to `F.cross_entropy` on the full logits, but computed by `LinearCrossEntropy` in row
-    chunks, so the (B, T, V) logits are never held: each chunk's gradient is formed while its
-    logits are in cache."""
+    Equal to `F.cross_entropy` on the full logits, but computed in row chunks
+    (`kernels.caption_cross_entropy`), so the (B, T, V) logits are never held."""
     shifted_hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B*(T-1), D)
     shifted_labels = labels[:, 1:].reshape(-1)  # (B*(T-1),)
-    return LinearCrossEntropy.apply(shifted_hidden, head_weight, head_bias, shifted_labels, label_smoothing,
-                                    torch.is_grad_enabled())
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of `hidden @ weight.T + bias` against `targets` (-100 ignored), with
-    PyTorch's label smoothing. The forward pass walks CHUNK rows at a time and also forms the
-    gradients (softmax minus target, times the head), which the backward pass only rescales:
-    the same three matmuls as logits + F.cross_entropy, without the (N, V) logits, their
-    log-softmax and the gradient of both in memory. Under autocast the matmuls run in the
-    autocast dtype; softmax and the weight/bias gradients accumulate in float32."""
-
-    CHUNK = 256  # rows per chunk: (256, 30522) float32 logits are 31 MB
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, label_smoothing, grad_enabled):
-        # hidden (N, D), weight (V, D), bias (V,) or None, targets (N,); grad_enabled: the caller's
-        # grad mode (`needs_input_grad` ignores it, and evaluation must not pay for gradients)
-        device = hidden.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-        need_hidden, need_weight, need_bias = (grad_enabled and need for need in ctx.needs_input_grad[:3])
-        needs_grad = need_hidden or need_weight or need_bias
-        kept = targets != IGNORE_INDEX
-        count = kept.sum().clamp(min=1)
-        eps = label_smoothing
-        with torch.autocast(device, enabled=False):
-            x, w = hidden.to(dtype), weight.to(dtype)
-            b = bias.to(dtype) if bias is not None else None
-            total = hidden.new_zeros((), dtype=torch.float32)
-            grad_hidden = torch.empty_like(hidden) if need_hidden else None
-            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
-            grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_bias else None
-            for start in range(0, len(x), LinearCrossEntropy.CHUNK):
-                rows = slice(start, start + LinearCrossEntropy.CHUNK)
-                x_c, t_c, keep_c = x[rows], targets[rows].clamp(min=0), kept[rows]
-                logits = (x_c @ w.t() if b is None else torch.addmm(b, x_c, w.t())).float()  # (c, V)
-                picked = logits.gather(1, t_c[:, None]).squeeze(1)  # (c,)
-                peak = logits.amax(dim=1, keepdim=True)  # (c, 1)
-                mean_logit = logits.mean(dim=1) if eps else None
-                probs = logits.sub_(peak).exp_()  # unnormalised, in place of the logits
-                sums = probs.sum(dim=1, keepdim=True)
-                lse = (peak + sums.log()).squeeze(1)  # (c,)
-                nll = lse - picked
-                if eps:
-                    nll = (1 - eps) * nll + eps * (lse - mean_logit)
-                total += nll.masked_fill(~keep_c, 0).sum()
-                if needs_grad:
-                    # d(loss)/d(logits) = (softmax - (1-eps) onehot - eps/V) / count on kept rows
-                    probs.div_(sums)
-                    probs.scatter_add_(1, t_c[:, None], probs.new_full((len(t_c), 1), -(1 - eps)))
-                    if eps:
-                        probs.sub_(eps / probs.shape[1])
-                    probs.mul_((keep_c / count)[:, None])
-                    g = probs.to(dtype)
-                    if need_hidden:
-                        grad_hidden[rows] = g @ w
-                    if need_weight and dtype == torch.float32:
-                        torch.addmm(grad_weight, g.t(), x_c, out=grad_weight)  # (V, D), accumulated
-                    elif need_weight:
-                        grad_weight += (g.t() @ x_c).float()
-                    if need_bias:
-                        grad_bias += probs.sum(dim=0)
-        ctx.save_for_backward(grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype),
-                              None if grad_bias is None else grad_bias.to(bias.dtype))
-        return total / count
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grads = tuple(None if g is None else g * grad_loss for g in ctx.saved_tensors)
-        return *grads, None, None, None
+    return caption_cross_entropy(shifted_hidden, head_weight, head_bias, shifted_labels, label_smoothing)
 
 
 def weighted_total(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

@@ -92,6 +92,12 @@ class CheXNetForImageClassification(CheXNetPreTrainedModel):
         self.classifier = nn.Linear(self.vision.num_features, len(config.label_names))
         self.post_init()
 
+    vision_backbone_name = "vision.backbone"  # `get_submodule` name of the timm backbone (Grad-CAM layers)
+
+    def vision_tower(self) -> VisionTower:
+        """The vision tower: `.backbone` is its timm model, `.num_prefix_tokens` its class tokens."""
+        return self.vision
+
     def load_pretrained_backbone(self) -> None:
         """Backbone weights from `vision.pretrained_path` (a local file or directory; no download)."""
         if self.config.vision.get("pretrained_path"):

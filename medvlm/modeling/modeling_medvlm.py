@@ -2,7 +2,8 @@
 
 One causal pass over the report serves both losses: the text tower's state at the end token is
 the contrastive text embedding, and the fusion blocks turn the same states into next-token
-predictions conditioned on the image patches.
+predictions conditioned on the image patches. Generation's KV caches are in cache.py, the
+speed-ups (few-row products, chunked caption cross-entropy) with their references in kernels.py.
 """
 
 import copy
@@ -11,16 +12,19 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import CompileConfig, GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticLayer
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.utils import ModelOutput
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import UserError
+from .cache import PreallocatedCache, StaticDecoderCache
 from .configuration_medvlm import MedVLMConfig
-from .fusion import CrossAttention, FusionBlock, few_row_linear
+from .fusion import CrossAttention, FusionBlock
+from .kernels import few_row_linear
 from .losses import (
     caption_loss,
     contrastive_loss,
@@ -30,85 +34,6 @@ from .losses import (
 )
 from .text import TextTower
 from .vision import VisionTower
-
-
-def gather_rows(filled: torch.Tensor, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A new buffer shaped like `like` whose first positions hold `filled[rows]` (one copy)."""
-    buffer = torch.empty_like(like)  # (B, heads, capacity, head_dim)
-    torch.index_select(filled, 0, rows, out=buffer[:, :, : filled.shape[2]])
-    return buffer
-
-
-class PreallocatedLayer(DynamicLayer):
-    """A `DynamicLayer` whose keys/values live in buffers allocated up front (`capacity`
-    positions; doubled if a sequence outgrows them): each step writes only its new positions
-    instead of concatenating the whole cache again. `keys`/`values` are views of the buffers, so
-    every inherited method that reads them (lengths, masks) works unchanged; one that replaces
-    them (crop, batch selection) makes the next update copy them into fresh buffers."""
-
-    def __init__(self, capacity: int = 0):
-        super().__init__()
-        self.capacity = capacity
-        self.key_buffer = self.value_buffer = None  # (B, heads, capacity, head_dim) each
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        past = self.keys.shape[-2] if self.keys.ndim == 4 else 0
-        end = past + key_states.shape[-2]
-        in_buffer = self.key_buffer is not None and self.keys.data_ptr() == self.key_buffer.data_ptr()
-        if not in_buffer or end > self.key_buffer.shape[-2]:
-            self._reallocate(key_states, past, max(end, self.capacity, 2 * past))
-        self.key_buffer.narrow(2, past, end - past).copy_(key_states)
-        self.value_buffer.narrow(2, past, end - past).copy_(value_states)
-        self.keys = self.key_buffer.narrow(2, 0, end)  # (B, heads, end, head_dim), a view
-        self.values = self.value_buffer.narrow(2, 0, end)
-        return self.keys, self.values
-
-    def _reallocate(self, like: torch.Tensor, past: int, capacity: int) -> None:
-        B, H, _, hd = like.shape
-        self.key_buffer, self.value_buffer = like.new_empty(B, H, capacity, hd), like.new_empty(B, H, capacity, hd)
-        if past:
-            self.key_buffer[:, :, :past], self.value_buffer[:, :, :past] = self.keys, self.values
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Beam search: gather the filled positions of the chosen rows straight into new buffers."""
-        past = self.get_seq_length()
-        if past:
-            beam_idx = beam_idx.to(self.key_buffer.device)
-            self.key_buffer = gather_rows(self.keys, beam_idx, like=self.key_buffer)
-            self.value_buffer = gather_rows(self.values, beam_idx, like=self.value_buffer)
-            self.keys, self.values = self.key_buffer[:, :, :past], self.value_buffer[:, :, :past]
-
-    def reset(self) -> None:
-        self.key_buffer = self.value_buffer = None
-        super().reset()
-
-
-class PreallocatedCache(Cache):
-    """KV cache of every decoder layer (text tower, then fusion blocks) as `PreallocatedLayer`s;
-    `capacity` is the longest sequence expected (prompt + new tokens)."""
-
-    def __init__(self, capacity: int = 0):
-        super().__init__(layer_class_to_replicate=lambda: PreallocatedLayer(capacity))
-
-
-class StaticDecoderCache(Cache):
-    """KV cache of every decoder layer as transformers' `StaticLayer`: buffers of `capacity`
-    positions whose shapes never change, so `generate` can run a compiled decode step (it compiles
-    by itself on GPU). Attention then reads the whole buffer and the mask hides unwritten slots."""
-
-    def __init__(self, num_layers: int, capacity: int):
-        super().__init__(layers=[StaticLayer(capacity) for _ in range(num_layers)])
-
-
-def compile_on_any_device(**compile_kwargs) -> CompileConfig:
-    """A `CompileConfig` that `generate` honours on every device, CPU included; with a static
-    cache (`cache_implementation="static"`) the decode step is then compiled. By default generate
-    compiles on GPUs and other accelerators only. The first call pays the compilation."""
-    config = CompileConfig(**compile_kwargs)
-    config._compile_all_devices = True  # the switch transformers reads; it has no public setter
-    return config
 
 
 @dataclass
@@ -328,6 +253,60 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         # weight tying by construction: the head is the embedding matrix, so nothing to re-tie on load
         return few_row_linear(hidden, self.model.text.token_embeddings.weight, self.lm_bias)  # (B, T, V)
 
+    # The public surface: code outside medvlm/modeling calls these, never `model.model.*`.
+
+    # `get_submodule` name of the timm backbone: Grad-CAM layer names start with it
+    vision_backbone_name = "model.vision.backbone"
+    # `named_modules` prefix of each tower's repeated blocks, under which LoRA adapters go
+    tower_block_prefixes = {"vision": "model.vision.backbone.blocks", "text": "model.text.model",
+                            "fusion": "model.fusion"}
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixels (B, C, S, S) -> (B, E) L2-normalised image embeddings (the contrastive space)."""
+        return self.model.get_image_features(pixel_values)
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """token ids (B, T) and padding mask (B, T) -> (B, E) L2-normalised text embeddings, taken
+        at the last real token (the end token of a report)."""
+        return self.model.get_text_features(input_ids, attention_mask)
+
+    def clamped_logit_scale(self) -> torch.Tensor:
+        """The contrastive logit scale (a scalar), clamped to at most `config.max_logit_scale`."""
+        return self.model.clamped_logit_scale()
+
+    def load_pretrained_towers(self) -> None:
+        """Load the tower weights named by `vision/text.pretrained_path` (local files only)."""
+        self.model.load_pretrained_towers()
+
+    def vision_tower(self) -> VisionTower:
+        """The vision tower: `.backbone` is its timm model (named `vision_backbone_name`),
+        `.num_prefix_tokens` the class/register tokens before its patch tokens."""
+        return self.model.vision
+
+    def cross_attention_layers(self) -> list[CrossAttention]:
+        """The cross-attention module of each fusion layer, first to last; each takes text states
+        (B, T, D) and image keys/values, and gives its weights by `attention_weights`."""
+        return [block.cross_attn for block in self.model.fusion]
+
+    def max_text_positions(self) -> int | None:
+        """The longest sequence the text tower's positions allow (None: no limit)."""
+        return getattr(self.model.text.model.config, "max_position_embeddings", None)
+
+    def tower_modules(self) -> dict[str, list[nn.Module | nn.Parameter]]:
+        """The modules (and loose parameters) of each tower, for freezing: "vision" is the vision
+        tower and the image projection, "text" the text tower and the text projection, "fusion" the
+        fusion blocks, the image-to-fusion projection, the final norm and the image positions.
+        The logit scale belongs to none."""
+        inner = self.model
+        fusion = [inner.fusion, inner.image_to_fusion, inner.ln_final]
+        if inner.image_positions is not None:
+            fusion.append(inner.image_positions)
+        return {
+            "vision": [inner.vision, inner.image_projection],
+            "text": [inner.text, inner.text_projection],
+            "fusion": fusion,
+        }
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -404,7 +383,7 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
             input_ids = torch.full((image_kv.shape[0], 1), self.config.bos_token_id, device=image_kv.device)
         implementation = generate_kwargs.pop("cache_implementation", None)
         if implementation not in (None, "dynamic", "static"):
-            raise ValueError(f"cache_implementation={implementation!r}: MedVLM supports 'dynamic' (default) "
+            raise UserError(f"cache_implementation={implementation!r}: MedVLM supports 'dynamic' (default) "
                              "or 'static'")
         if generate_kwargs.get("use_cache", True) and "cache" not in generate_kwargs:
             capacity = self._expected_length(input_ids, generate_kwargs)

@@ -3,15 +3,26 @@
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, AutoModel
 from transformers.cache_utils import Cache
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from torch import nn
+
+from ..errors import UserError
 
 
 def text_config_from(spec: dict):
     """A transformers config from a dict with `model_type`; BERT-family models are made causal."""
     fields = {k: v for k, v in spec.items() if k not in ("model_type", "pretrained_path")}
-    config = AutoConfig.for_model(spec["model_type"], **fields)
+    model_type = spec["model_type"]
+    if model_type not in CONFIG_MAPPING:
+        raise UserError(f"model.text.model_type={model_type!r}: not a transformers model type "
+                        "(e.g. 'gpt2', 'bert', 'llama')")
+    try:
+        config = AutoConfig.for_model(model_type, **fields)
+    except (ValueError, TypeError, StrictDataclassError) as error:
+        raise UserError(f"model.text ({model_type}): {error}") from None
     if hasattr(config, "is_decoder"):
         config.is_decoder = True  # BERT-style encoders run causally: one pass serves both losses
     if getattr(config, "activation_function", None) == "gelu_new":
@@ -23,7 +34,10 @@ def text_config_from(spec: dict):
 
 def text_spec_from_checkpoint(path: str | Path) -> dict:
     """The `text` dict of MedVLMConfig for a local transformers checkpoint directory."""
-    config = AutoConfig.from_pretrained(str(path))
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as error:
+        raise UserError(f"model.text.pretrained_path={str(path)!r}: no transformers checkpoint there ({error})") from None
     spec = config.to_diff_dict()
     spec["model_type"] = config.model_type
     spec["pretrained_path"] = str(path)
@@ -43,10 +57,15 @@ class TextTower(nn.Module):
 
     def load_pretrained(self, path: str | Path) -> None:
         """Copy weights from a local transformers checkpoint of the same architecture."""
-        source = AutoModel.from_pretrained(str(path))
+        try:
+            source = AutoModel.from_pretrained(str(path))
+        except (OSError, ValueError) as error:
+            raise UserError(f"model.text.pretrained_path={str(path)!r}: no transformers checkpoint there "
+                            f"({error})") from None
         missing, _ = self.model.load_state_dict(source.state_dict(), strict=False)
         if len(missing) == len(self.model.state_dict()):
-            raise ValueError(f"{path}: no weight matches the {type(self.model).__name__} text tower")
+            raise UserError(f"model.text.pretrained_path={str(path)!r}: no weight matches the "
+                            f"{type(self.model).__name__} text tower")
 
     @property
     def token_embeddings(self) -> nn.Embedding:

@@ -9,19 +9,23 @@ from safetensors.torch import load_file
 from timm.models import adapt_input_conv
 from torch import nn
 
+from ..errors import UserError
+
 WEIGHT_FILE_NAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Weights from a .safetensors file, a torch file (tensors only), or a directory holding one."""
+def read_state_dict(path: str | Path, key: str = "model.vision.pretrained_path") -> dict[str, torch.Tensor]:
+    """Weights from a .safetensors file, a torch file (tensors only), or a directory holding one;
+    a missing file is a UserError naming the config `key` that gave the path."""
     path = Path(path)
     if path.is_dir():
         found = [path / name for name in WEIGHT_FILE_NAMES if (path / name).is_file()]
         if not found:
-            raise FileNotFoundError(f"{path}: no weight file (looked for {', '.join(WEIGHT_FILE_NAMES)})")
+            raise UserError(f"{key}={str(path)!r}: no weight file in that directory (looked for "
+                            f"{', '.join(WEIGHT_FILE_NAMES)})")
         path = found[0]
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: weight file not found")
+        raise UserError(f"{key}={str(path)!r}: weight file not found")
     if path.suffix == ".safetensors":
         return load_file(str(path))
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -29,6 +33,25 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     return state
+
+
+def create_backbone(model_name: str, img_size: int, in_chans: int, timm_kwargs: dict | None) -> nn.Module:
+    """A timm model without its classifier and without a download; an unknown name or argument
+    is a UserError naming the config key."""
+    kwargs = dict(num_classes=0, in_chans=in_chans, **(timm_kwargs or {}))
+    try:
+        try:
+            return timm.create_model(model_name, pretrained=False, img_size=img_size, **kwargs)
+        except TypeError:
+            # CNNs (DenseNet, ResNet, ...) take any input size and reject the argument.
+            return timm.create_model(model_name, pretrained=False, **kwargs)
+    except RuntimeError as error:
+        if "Unknown model" not in str(error):
+            raise
+        raise UserError(f"model.vision.model_name={model_name!r}: not a timm model name "
+                        "(timm.list_models() lists them)") from None
+    except TypeError as error:
+        raise UserError(f"model.vision.timm_kwargs={timm_kwargs or {}}: {model_name} rejects them ({error})") from None
 
 
 class VisionTower(nn.Module):
@@ -52,12 +75,7 @@ class VisionTower(nn.Module):
     def __init__(self, model_name: str, img_size: int, in_chans: int, timm_kwargs: dict | None = None,
                  token_reduction: int | None = None, pool_tokens: bool | str = False):
         super().__init__()
-        kwargs = dict(num_classes=0, in_chans=in_chans, **(timm_kwargs or {}))
-        try:
-            self.backbone = timm.create_model(model_name, pretrained=False, img_size=img_size, **kwargs)
-        except TypeError:
-            # CNNs (DenseNet, ResNet, ...) take any input size and reject the argument.
-            self.backbone = timm.create_model(model_name, pretrained=False, **kwargs)
+        self.backbone = create_backbone(model_name, img_size, in_chans, timm_kwargs)
         self.in_chans = in_chans
         self.num_features = self.backbone.num_features  # width of the pooled embedding
         self.num_prefix_tokens = getattr(self.backbone, "num_prefix_tokens", 0)
@@ -67,7 +85,7 @@ class VisionTower(nn.Module):
         if pool_tokens is True:
             pool_tokens = "mean"
         if pool_tokens not in (False, None, *self.POOLINGS):
-            raise ValueError(f"vision.pool_tokens={pool_tokens!r}: expected false, true, 'mean' or 'max'")
+            raise UserError(f"model.vision.pool_tokens={pool_tokens!r}: expected false, true, 'mean' or 'max'")
         self.pool_tokens = pool_tokens or None  # None: the backbone's own pooling
         if pool_tokens:
             self.num_features = self.token_features
@@ -87,11 +105,11 @@ class VisionTower(nn.Module):
             return None
         info = getattr(self.backbone, "feature_info", None)
         if not info or self.num_prefix_tokens or not hasattr(self.backbone, "forward_intermediates"):
-            raise ValueError(f"vision.token_reduction needs a CNN with stages; {model_name} has none "
+            raise UserError(f"model.vision.token_reduction needs a CNN with stages; {model_name} has none "
                              "(leave it unset for transformers)")
         stages = [i for i, stage in enumerate(info) if stage["reduction"] <= token_reduction]
         if not stages:
-            raise ValueError(f"vision.token_reduction={token_reduction}: {model_name}'s smallest stride is "
+            raise UserError(f"model.vision.token_reduction={token_reduction}: {model_name}'s smallest stride is "
                              f"{info[0]['reduction']}")
         return None if stages[-1] == len(info) - 1 else stages[-1]
 
@@ -111,7 +129,8 @@ class VisionTower(nn.Module):
         state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         missing = [k for k in own if k not in state]
         if len(missing) == len(own):
-            raise ValueError(f"{path}: no tensor matches the {type(self.backbone).__name__} backbone")
+            raise UserError(f"model.vision.pretrained_path={str(path)!r}: no tensor matches the "
+                            f"{type(self.backbone).__name__} backbone")
         self.backbone.load_state_dict(state, strict=False)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
