@@ -1,6 +1,7 @@
-"""MedVLMProcessor: image transform + tokenizer, saved and loaded with the model.
+"""MedVLMProcessor: image transform + tokenizer as one HF processor (`AutoProcessor`), saved and
+loaded with the model.
 
-Also the bridge from dataset records to model batches (`RecordDataset`, `collate`), so
+Also the bridge from dataset records to model batches (`RecordDataset`, `Collator`), so
 tokenisation happens here, before the model, never inside `forward`.
 """
 
@@ -9,16 +10,19 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
+from transformers import AutoImageProcessor, AutoProcessor, BatchFeature, ProcessorMixin
+from transformers.image_processing_utils import BaseImageProcessor
 
 from .data.images import ImageTransform, load_image
 from .data.records import DataError
+from .errors import UserError
+from .modeling import CheXNetConfig, MedVLMConfig
 from .modeling.losses import IGNORE_INDEX
 from .tokenization import load_tokenizer, save_tokenizer
 
-PROCESSOR_FILE = "processor_config.json"
+PROCESSOR_FILE = "processor_config.json"  # transformers' PROCESSOR_NAME
 log = logging.getLogger(__name__)
 
 
@@ -28,11 +32,54 @@ def text_key(text: str) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-class MedVLMProcessor:
-    def __init__(self, tokenizer, image_transform: ImageTransform, max_length: int = 128):
-        self.tokenizer = tokenizer
-        self.image_transform = image_transform
+class MedVLMImageProcessor(BaseImageProcessor):
+    """Our `ImageTransform` as an HF image processor (`AutoImageProcessor`, and the processor's
+    image part): built from the transform's settings or around a transform; `preprocess` decodes
+    and transforms images. Augmentation is a training switch and is never saved."""
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(self, transform: ImageTransform | None = None, **settings):
+        settings.pop("image_processor_type", None)  # written by `to_dict`
+        settings.pop("processor_class", None)
+        super().__init__()
+        self.transform = transform if transform is not None else ImageTransform(**settings)
+
+    def preprocess(self, images, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
+        """A list of images (paths, arrays, PIL images: whatever `load_image` reads; anything but a
+        list or tuple is one image) -> {"pixel_values": (B, C, S, S)} normalised pixels."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        pixels = torch.stack([self.transform(load_image(image)) for image in images])
+        return BatchFeature({"pixel_values": pixels}, tensor_type=return_tensors)
+
+    def to_dict(self) -> dict:
+        return {**self.transform.to_dict(), "augment": False, "seed": None,
+                "image_processor_type": type(self).__name__}
+
+
+class MedVLMProcessor(ProcessorMixin):
+    """Tokenizer + image processor of a medvlm model, and the texts/prompts the model trains on.
+
+    tokenizer: an HF tokenizer, or None for image-only models (CheXNet).
+    image_processor: a `MedVLMImageProcessor`, or the `ImageTransform` it is to wrap.
+    max_length: texts are cut to this many tokens.
+    """
+
+    def __init__(self, tokenizer, image_processor, max_length: int = 128):
+        if isinstance(image_processor, ImageTransform):
+            image_processor = MedVLMImageProcessor(image_processor)
+        super().__init__(tokenizer, image_processor)
         self.max_length = max_length
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        if argument_name == "tokenizer" and argument is None:  # image-only models have none
+            return None
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+    @property
+    def image_transform(self) -> ImageTransform:
+        return self.image_processor.transform
 
     @property
     def image_size(self) -> int:
@@ -43,9 +90,17 @@ class MedVLMProcessor:
         settings = {**self.image_transform.to_dict(), "augment": augment}
         return MedVLMProcessor(self.tokenizer, ImageTransform(**settings), self.max_length)
 
+    def __call__(self, images=None, text: list[str] | None = None, prompts: list[str] | None = None) -> BatchFeature:
+        """pixel_values from `images` (see `images`) and input_ids, attention_mask, labels from
+        `text` (and VQA `prompts`; see `texts`), whichever are given."""
+        data = {} if text is None else self.texts(text, prompts)
+        if images is not None:
+            data["pixel_values"] = self.images(images)
+        return BatchFeature(data)
+
     def images(self, images) -> torch.Tensor:
         """Paths or (H, W) arrays -> (B, C, S, S) normalised pixels."""
-        return torch.stack([self.image_transform(load_image(image)) for image in images])
+        return self.image_processor.preprocess(list(images))["pixel_values"]
 
     def texts(self, texts: list[str], prompts: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Tokenise training targets. With `prompts` (VQA questions) each item is
@@ -76,24 +131,40 @@ class MedVLMProcessor:
     def decode(self, sequences: torch.Tensor, skip_prompt: int = 0) -> list[str]:
         return [t.strip() for t in self.tokenizer.batch_decode(sequences[:, skip_prompt:], skip_special_tokens=True)]
 
-    def save_pretrained(self, out_dir: str | Path) -> None:
-        out_dir = Path(out_dir)
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> list[str]:
+        """processor_config.json (image settings, max_length, the class name `AutoProcessor` reads)
+        and the tokenizer's files, with its sentencepiece model when it has one."""
+        out_dir = Path(save_directory)
         out_dir.mkdir(parents=True, exist_ok=True)
-        settings = {"image_transform": {**self.image_transform.to_dict(), "augment": False, "seed": None},
-                    "max_length": self.max_length}
-        (out_dir / PROCESSOR_FILE).write_text(json.dumps(settings, indent=2))
+        self.to_json_file(out_dir / PROCESSOR_FILE)
         if self.tokenizer is not None:  # image-only models (CheXNet) have none
             save_tokenizer(self.tokenizer, out_dir)
+        return [str(out_dir / PROCESSOR_FILE)]
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "MedVLMProcessor":
-        path = Path(path)
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> "MedVLMProcessor":
+        """A processor saved by `save_pretrained` in a local directory (no download; the keyword
+        arguments `AutoProcessor` passes are accepted and unused). Also reads the format written
+        before the processor was an HF ProcessorMixin (`image_transform` instead of `image_processor`)."""
+        path = Path(pretrained_model_name_or_path)
         settings_file = path / PROCESSOR_FILE
         if not settings_file.is_file():
-            raise FileNotFoundError(f"{path}: no {PROCESSOR_FILE}; is this a medvlm model directory?")
+            raise UserError(f"{path}: no {PROCESSOR_FILE}; is this a medvlm model directory?")
         settings = json.loads(settings_file.read_text())
+        image_settings = settings.get("image_processor", settings.get("image_transform"))
+        if not isinstance(image_settings, dict) or "max_length" not in settings:
+            raise UserError(f"{settings_file}: expected 'image_processor' and 'max_length' fields")
         tokenizer = load_tokenizer(path) if (path / "tokenizer_config.json").is_file() else None
-        return cls(tokenizer, ImageTransform(**settings["image_transform"]), settings["max_length"])
+        return cls(tokenizer, MedVLMImageProcessor(**image_settings), settings["max_length"])
+
+
+# after `import medvlm`, transformers' Auto classes load these from a saved model directory
+AutoProcessor.register(MedVLMConfig, MedVLMProcessor, exist_ok=True)
+AutoProcessor.register(CheXNetConfig, MedVLMProcessor, exist_ok=True)
+AutoImageProcessor.register(MedVLMConfig, image_processor_classes={"torchvision": MedVLMImageProcessor,
+                                                                   "pil": MedVLMImageProcessor}, exist_ok=True)
+AutoImageProcessor.register(CheXNetConfig, image_processor_classes={"torchvision": MedVLMImageProcessor,
+                                                                    "pil": MedVLMImageProcessor}, exist_ok=True)
 
 
 class RecordDataset(Dataset):

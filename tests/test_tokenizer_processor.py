@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -73,3 +75,49 @@ def test_unreadable_image_is_skipped_only_when_asked(tokenizer, tmp_path):
     skipping = RecordDataset(records, processor, on_error="skip")
     assert skipping[0] is None and skipping.skipped == 1
     assert Collator(processor)([None]) == {}
+
+
+def test_processor_is_an_hf_processor_and_reads_the_format_before_it(tokenizer, tmp_path):
+    from transformers import ProcessorMixin
+
+    processor = MedVLMProcessor(tokenizer, ImageTransform(32, resize_mode="crop"), max_length=64)
+    assert isinstance(processor, ProcessorMixin)
+    image = np.linspace(0, 1, 40 * 50, dtype=np.float32).reshape(40, 50)
+    batch = processor(images=[image], text=["small left effusion"])
+    assert batch["pixel_values"].shape == (1, 1, 32, 32)
+    assert torch.equal(batch["input_ids"], processor.texts(["small left effusion"])["input_ids"])
+    assert torch.equal(processor.images([image]), processor.image_transform(image)[None])
+    # a directory written before the processor was a ProcessorMixin: {"image_transform", "max_length"}
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "processor_config.json").write_text(json.dumps(
+        {"image_transform": {**ImageTransform(32, resize_mode="crop").to_dict(), "augment": False, "seed": None},
+         "max_length": 64}))
+    tokenizer.save_pretrained(old)
+    again = MedVLMProcessor.from_pretrained(old)
+    assert again.image_transform.resize_mode == "crop" and again.max_length == 64
+    assert torch.equal(again.images([image]), processor.images([image]))
+    augmented = processor.with_augmentation(True)
+    assert augmented.image_transform.augment and not processor.image_transform.augment
+    augmented.save_pretrained(tmp_path / "new")  # augmentation is a training switch: never saved
+    assert not MedVLMProcessor.from_pretrained(tmp_path / "new").image_transform.augment
+
+
+def test_image_only_processor_saves_and_loads_without_a_tokenizer(tmp_path):
+    from transformers import AutoImageProcessor
+
+    processor = MedVLMProcessor(None, ImageTransform(32, in_chans=3))
+    processor.save_pretrained(tmp_path)
+    assert not (tmp_path / "tokenizer_config.json").exists()
+    again = MedVLMProcessor.from_pretrained(tmp_path)
+    assert again.tokenizer is None and again.image_transform.in_chans == 3
+    image_processor = AutoImageProcessor.from_pretrained(tmp_path)
+    image = np.full((20, 30), 0.25, np.float32)
+    assert torch.equal(image_processor(image)["pixel_values"], processor.images([image]))
+
+
+def test_missing_processor_file_is_a_user_error(tmp_path):
+    from medvlm.errors import UserError
+
+    with pytest.raises(UserError, match="no processor_config.json"):
+        MedVLMProcessor.from_pretrained(tmp_path)
