@@ -252,8 +252,7 @@ def test_pool_tokens_embeds_a_pool_of_the_tokens_cross_attention_reads(tmp_path,
     model.eval().save_pretrained(tmp_path)
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
     assert reloaded.config.vision["pool_tokens"]
-    torch.testing.assert_close(model.model.get_image_features(pixels), reloaded.model.get_image_features(pixels),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(model.get_image_features(pixels), reloaded.get_image_features(pixels), rtol=0, atol=0)
 
 
 def test_unknown_pool_tokens_is_a_clear_error():
