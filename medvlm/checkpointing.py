@@ -1,5 +1,5 @@
-"""Files that must never be seen half-written: single files and directories written atomically,
-training checkpoints (their format, SHA-256 manifest and RNG state) and resuming from them.
+"""Training checkpoints: their format (directories written atomically, with a SHA-256 manifest
+and the RNG state) and resuming from them.
 
 A training checkpoint is a directory `checkpoints/step-NNNNNNN` holding a saved model directory
 (`save_model_dir`), `trainable.safetensors` (LoRA runs only: the adapters), `optimizer.pt`,
@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import random
-import secrets
 import shutil
 import time
 from pathlib import Path
@@ -47,28 +46,6 @@ REQUIRED_FILES = ("model.safetensors", OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE,
 
 
 # ---------------------------------------------------------------- atomic writes
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder (flushed and fsynced,
-    then renamed over `path`): a reader sees the old file or the new one, never a part."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
-    """`atomic_write_bytes` for text."""
-    return atomic_write_bytes(path, text.encode(encoding))
-
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()

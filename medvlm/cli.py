@@ -156,16 +156,12 @@ def generate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
 
-    from .evaluation import generate_reports
     from .runs import load_trained
+    from .tasks.report_generation import generate_reports, generation_settings
 
     model, processor, _ = load_trained(_model_dir(args.checkpoint))
-    gen = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample}
-    for key in ("no_repeat_ngram_size", "top_k", "top_p", "temperature"):
-        if getattr(args, key):
-            gen[key] = getattr(args, key)
-    if args.repetition_penalty != 1.0:
-        gen["repetition_penalty"] = args.repetition_penalty
+    gen = generation_settings(args.max_new_tokens, args.num_beams, args.no_repeat_ngram_size, args.repetition_penalty,
+                              args.do_sample, args.top_k, args.top_p, args.temperature)
     records = [{"image": path} for path in args.images]
     reports = generate_reports(model, processor, records, args.batch_size, **gen)
     lines = [json.dumps({"image": path, "report": report}) for path, report in zip(args.images, reports)]
@@ -215,9 +211,9 @@ def retrieve_main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from .evaluation import image_embeddings
     from .runs import load_trained, records_for
-    from .tasks.retrieval import rank_reports, text_embeddings
+    from .tasks.embeddings import image_embeddings, text_embeddings
+    from .tasks.retrieval import rank_reports
 
     model, processor, run_cfg = load_trained(_model_dir(args.checkpoint))
     images = image_embeddings(model, processor, [{"image": path} for path in args.image])

@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from .checkpointing import (
-    CHECKPOINTS, STATE_FILE, atomic_write_text, load_training_checkpoint, resolve_resume, save_model_dir,
+    CHECKPOINTS, STATE_FILE, load_training_checkpoint, resolve_resume, save_model_dir,
     write_atomically, write_training_checkpoint,
 )
-from .checkpointing import checkpoint_problem, find_resumable_checkpoint  # noqa: F401  (re-exported)
+from .atomic_files import atomic_write_text
 from .config import RunConfig
 from .errors import UserError
 from .finetuning import base_model, exportable

@@ -1,6 +1,6 @@
 """Write evaluation results: metrics.json, results.md and PNG charts.
 
-The input is one flat dict, as `medvlm.evaluation` builds it:
+The input is one flat dict, as the evaluation tasks (`medvlm.tasks`) build it:
 - model metrics under their own names (``bleu_4``, ``cider``, ``ce_micro_f1``,
   ``ce_f1.Cardiomegaly``, ...);
 - confidence intervals as ``ci.<metric> = [low, high]`` (plus ``ci.seed``, ``ci.n_resamples``);
@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .checkpointing import atomic_write_text
+from .atomic_files import atomic_write_text, atomic_write_with
 
 HEADLINE = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider",
             "ce_precision", "ce_recall", "ce_micro_f1", "ce_macro_precision", "ce_macro_recall", "ce_macro_f1")
@@ -60,26 +59,6 @@ def split_metrics(metrics: dict) -> tuple[dict, dict, dict, dict]:
         else:
             other[key] = value
     return model, intervals, baselines, other
-
-
-# ------------------------------------------------------------------ atomic writes
-
-def _atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` and rename the result onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
-def _write_text(path: Path, text: str) -> Path:
-    return atomic_write_text(path, text)
 
 
 def _jsonable(value):
@@ -187,7 +166,7 @@ def _figure(width: float, height: float):
 
 
 def _save_png(figure, path: Path) -> Path:
-    return _atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", bbox_inches="tight"))
+    return atomic_write_with(path, lambda tmp: figure.savefig(tmp, format="png", bbox_inches="tight"))
 
 
 def _bar_chart(path: Path, keys: list[str], labels: list[str], model: dict, intervals: dict, baselines: dict,
@@ -222,17 +201,27 @@ def _bar_chart(path: Path, keys: list[str], labels: list[str], model: dict, inte
 
 # ------------------------------------------------------------------ entry point
 
-def write_results(metrics: dict, out_dir, title: str = "medvlm results") -> list[str]:
-    """Write metrics.json (flat keys, sorted, NaN/None as null), results.md (model with CIs beside
-    every baseline, and whether it beats each on BLEU-4 and CE micro-F1), metrics.png (headline
-    metrics with CI error bars vs baselines) and ce_per_label.png (CE F1 per observation).
-    Returns the paths written."""
+@dataclass
+class TaskResult:
+    """What an evaluation task returns: its flat metrics (the format above) and its artefacts,
+    file name -> text (e.g. ``generations.jsonl``), for `write_results` to write."""
+
+    metrics: dict
+    artefacts: dict[str, str] = field(default_factory=dict)
+
+
+def write_results(metrics: dict, out_dir, title: str = "medvlm results",
+                  artefacts: dict[str, str] | None = None) -> list[str]:
+    """The one writer of an evaluation's outputs: metrics.json (flat keys, sorted, NaN/None as
+    null), results.md (model with CIs beside every baseline, and whether it beats each on BLEU-4
+    and CE micro-F1), metrics.png (headline metrics with CI error bars vs baselines),
+    ce_per_label.png (CE F1 per observation) and the tasks' artefacts. Returns the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written = [atomic_write_text(out_dir / name, text) for name, text in (artefacts or {}).items()]
     flat = {str(k): _jsonable(v) for k, v in sorted(metrics.items(), key=lambda kv: str(kv[0]))}
-    written.append(_write_text(out_dir / "metrics.json", json.dumps(flat, indent=1, sort_keys=True) + "\n"))
-    written.append(_write_text(out_dir / "results.md", results_markdown(metrics, title)))
+    written.append(atomic_write_text(out_dir / "metrics.json", json.dumps(flat, indent=1, sort_keys=True) + "\n"))
+    written.append(atomic_write_text(out_dir / "results.md", results_markdown(metrics, title)))
 
     model, intervals, baselines, _ = split_metrics(metrics)
     headline = [m for m in HEADLINE if _number(model.get(m)) is not None]

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from .config import RunConfig
+from .errors import UserError
 from .data.images import ImageTransform
 from .data.sources import load_split
 from .modeling import CheXNetConfig, CheXNetForImageClassification, MedVLMConfig, MedVLMForConditionalGeneration
@@ -126,7 +127,7 @@ def load_trained(path: str | Path) -> tuple[MedVLMForConditionalGeneration, MedV
 
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a medvlm model directory (no config.json)")
+        raise UserError(f"{path}: not a medvlm model directory (no config.json)")
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
     model_class = CheXNetForImageClassification if model_type == "chexnet" else MedVLMForConditionalGeneration
     model = model_class.from_pretrained(str(path))

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from medvlm.checkpointing import (
-    atomic_write_bytes, atomic_write_text, checkpoint_problem, restore_rng_state, save_rng_state, write_atomically,
-)
+from medvlm.atomic_files import atomic_write_bytes, atomic_write_text
+from medvlm.checkpointing import checkpoint_problem, restore_rng_state, save_rng_state, write_atomically
 
 
 def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -28,7 +27,7 @@ def test_a_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("medvlm.checkpointing.os.replace", crash)
+    monkeypatch.setattr("medvlm.atomic_files.os.replace", crash)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_text(path, "new")
     assert path.read_text() == "old"

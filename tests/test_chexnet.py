@@ -60,8 +60,8 @@ def test_model_gradients_save_load_and_auto_class(tmp_path):
 
 
 def test_label_collator_and_class_weights():
-    items = [{"pixel_values": torch.zeros(1, 4, 4), "index": 0, "labels": torch.tensor([1.0, -1.0, float("nan")])},
-             {"pixel_values": torch.zeros(1, 4, 4), "index": 1}]  # a record without labels
+    items = [{"pixel_values": torch.zeros(1, 4, 4), "labels": torch.tensor([1.0, -1.0, float("nan")])},
+             {"pixel_values": torch.zeros(1, 4, 4)}]  # a record without labels
     batch = LabelCollator(3, "negative")(items + [None])
     assert batch["labels"][0].tolist() == [1.0, 0.0, 0.0]  # uncertain -> 0, not mentioned -> 0
     assert torch.isnan(batch["labels"][1]).all()  # no labels: ignored by the loss

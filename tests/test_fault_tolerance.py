@@ -1,11 +1,9 @@
 """Runs survive faults: SIGKILL + `--resume auto` reproduces the uninterrupted run, damaged
 checkpoints are skipped with a message, non-finite losses are skipped and then stop the run."""
 
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from medvlm.config import load_config
-from medvlm.engine import Trainer, checkpoint_problem, find_resumable_checkpoint
+from medvlm.checkpointing import checkpoint_problem, find_resumable_checkpoint
+from medvlm.engine import Trainer
 from tiny import ROOT, TINY, train_command
 
 

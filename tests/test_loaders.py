@@ -17,7 +17,7 @@ from medvlm.data.iu_xray import load_iu_xray
 from medvlm.data.mimic_cxr import load_mimic_cxr
 from medvlm.data.records import RECORD_KEYS, VQA_KEYS, DataError, hash_split
 from medvlm.data.tabular import load_tabular
-from medvlm.data.vqa import load_slake, load_vqa_rad, normalize_answer
+from medvlm.data.vqa import load_slake, load_vqa_rad
 from medvlm.observations import CHEXPERT_OBSERVATIONS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -372,18 +372,6 @@ def test_slake_layout_and_filters(tmp_path):
     assert [r["qid"] for r in load_slake(root, modality_filter="xray")] == ["10", "30"]
     assert [r["qid"] for r in load_slake(root, chest_only=True)] == ["10", "20", "30"]
     assert [r["qid"] for r in load_slake(root, split="test")] == ["30"]
-
-
-def test_normalize_answer():
-    assert normalize_answer("Yes.") == "yes"
-    assert normalize_answer(" NO ") == "no"
-    assert normalize_answer("True") == "yes"
-    assert normalize_answer("The left lung") == "left lung"
-    assert normalize_answer("two") == normalize_answer(2) == "2"
-    assert normalize_answer("2.5 cm") == "2.5 cm"
-    assert normalize_answer("Right-sided, upper lobe!") == "right sided upper lobe"
-    assert normalize_answer("patient's  heart") == "patients heart"
-    assert normalize_answer("none") == "none"
 
 
 # --------------------------------------------------------------------------- tabular

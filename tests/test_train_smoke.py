@@ -1,7 +1,6 @@
 """End to end through the same entry points a user runs: train.main(argv), eval.main(argv)."""
 
 import json
-import sys
 
 import pytest
 

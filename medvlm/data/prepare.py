@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medvlm.checkpointing import atomic_write_text
+from ..atomic_files import atomic_write_text
 from medvlm.data.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, load_resized
 from medvlm.data.records import DataError, SkipLog
 from medvlm.errors import UserError

@@ -1,4 +1,5 @@
-"""Medical VQA datasets (VQA-RAD, SLAKE) in their published layouts, and answer normalisation.
+"""Medical VQA datasets (VQA-RAD, SLAKE) in their published layouts (answer normalisation for
+scoring is `medvlm.metrics.vqa.normalize_answer`).
 
 VQA records are common-schema records (see `medvlm.data.records`) with `text` = the answer and
 four more keys: `question`, `answer`, `answer_type` ("closed" or "open") and `qid` (str).
@@ -38,41 +39,6 @@ VQA_RAD_JSON = "VQA_RAD Dataset Public.json"
 VQA_RAD_IMAGES = "VQA_RAD Image Folder"
 SLAKE_FILES = {"train": "train.json", "validation": "validate.json", "test": "test.json"}
 _CHEST_LOCATIONS = ("chest", "lung")  # SLAKE `location` values of chest images start so
-
-# --------------------------------------------------------------------------- answers
-
-_NUMBER_WORDS = {
-    w: str(i) for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-        "fifteen sixteen seventeen eighteen nineteen twenty".split()
-    )
-}
-_ARTICLES = {"a", "an", "the"}
-_YES = {"yes", "y", "yeah", "yep", "true"}
-_NO = {"no", "n", "nope", "false"}
-_PERIOD_RE = re.compile(r"(?<!\d)\.|\.(?!\d)")  # periods that are not decimal points
-_PUNCT_RE = re.compile(r"[^\w\s.]")
-
-
-def normalize_answer(answer) -> str:
-    """Canonical form of a VQA answer, for exact-match accuracy.
-
-    Lower-case; apostrophes removed; other punctuation becomes a space (a decimal point between
-    digits is kept: "2.5 cm"); articles a/an/the removed; number words zero..twenty become
-    digits; whitespace collapsed; yes/y/yeah/yep/true -> "yes" and no/n/nope/false -> "no".
-    Non-strings (VQA-RAD has a few integer answers) are formatted with str() first.
-    """
-    s = str(answer).lower().replace("'", "").replace("\u2019", "")
-    s = _PERIOD_RE.sub(" ", s)
-    s = _PUNCT_RE.sub(" ", s)
-    words = [_NUMBER_WORDS.get(w, w) for w in s.split() if w not in _ARTICLES]
-    s = " ".join(words)
-    if s in _YES:
-        return "yes"
-    if s in _NO:
-        return "no"
-    return s
-
 
 def _answer_type(value, where: str, path) -> str:
     kind = str(value).strip().upper()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import csv
+import io
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader
 from ..metrics.classification import auroc_per_label, binarize_labels
 from ..observations import CHEXPERT_OBSERVATIONS
 from ..processing import RecordDataset
+from ..results import TaskResult
 
 
 def label_names_for(dataset: str) -> list[str]:
@@ -47,7 +49,7 @@ def positive_fraction(records, num_labels: int, uncertain: str = "negative") -> 
 
 
 class LabelCollator:
-    """RecordDataset items -> {"pixel_values": (B, C, S, S), "labels": (B, L), "index": (B,)} with
+    """RecordDataset items -> {"pixel_values": (B, C, S, S), "labels": (B, L)} with
     labels binarised like `label_matrix` (NaN entries are ignored by the loss)."""
 
     def __init__(self, num_labels: int, uncertain: str = "negative"):
@@ -60,8 +62,7 @@ class LabelCollator:
         missing = torch.full((self.num_labels,), float("nan"))
         raw = torch.stack([item.get("labels", missing) for item in items]).numpy()  # (B, L)
         return {"pixel_values": torch.stack([item["pixel_values"] for item in items]),
-                "labels": torch.from_numpy(targets_from_labels(raw, self.uncertain)).float(),
-                "index": torch.tensor([item["index"] for item in items])}
+                "labels": torch.from_numpy(targets_from_labels(raw, self.uncertain)).float()}
 
 
 @torch.no_grad()
@@ -77,37 +78,32 @@ def predict_probabilities(model, processor, records, batch_size: int = 64) -> np
     return torch.cat(parts).numpy()
 
 
-def evaluate_classifier(model, processor, records, batch_size: int = 64, uncertain: str = "negative",
-                        out_dir: Path | None = None) -> dict:
+def evaluate_classifier(model, processor, records, batch_size: int = 64, uncertain: str = "negative") -> TaskResult:
     """`auroc.<label>` and `auroc_mean` (labels with one class on the split are skipped and listed
-    in `auroc_skipped`), the chance level `baselines.random.auroc_mean` = 0.5; writes
-    predictions.csv, metrics.json and results.md to `out_dir` when given."""
+    in `auroc_skipped`), the chance level `baselines.random.auroc_mean` = 0.5; artefact
+    predictions.csv."""
     names = list(model.config.label_names)
     records = [r for r in records if r.get("labels") is not None]
     probabilities = predict_probabilities(model, processor, records, batch_size)
     metrics = auroc_per_label(probabilities, label_matrix(records, len(names), uncertain), names, prefix="auroc")
     metrics["baselines.random.auroc_mean"] = 0.5
     metrics["num_samples"] = len(records)
-    if out_dir is not None:
-        import csv
+    return TaskResult(metrics, {"predictions.csv": _predictions_csv(records, names, probabilities)})
 
-        from ..results import write_results
 
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "predictions.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["study_id", *names])
-            for record, row in zip(records, probabilities):
-                writer.writerow([record.get("study_id"), *[f"{p:.5f}" for p in row]])
-        write_results(metrics, out_dir, title="medvlm CheXNet classification")
-    return metrics
+def _predictions_csv(records, names: list[str], probabilities: np.ndarray) -> str:
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["study_id", *names])
+    for record, row in zip(records, probabilities):
+        writer.writerow([record.get("study_id"), *[f"{p:.5f}" for p in row]])
+    return table.getvalue()
 
 
 def classifier_training_evaluator(processor, batch_size: int = 64, uncertain: str = "negative"):
     """evaluate_fn for the Trainer: mean AUROC on the validation subset."""
     def evaluate_subset(model, records) -> dict:
-        metrics = evaluate_classifier(model, processor, records, batch_size, uncertain)
+        metrics = evaluate_classifier(model, processor, records, batch_size, uncertain).metrics
         return {"val_auroc_mean": metrics["auroc_mean"]} if metrics.get("auroc_mean") is not None else {}
 
     return evaluate_subset

@@ -3,7 +3,7 @@
 - CheXNet: AUROC per label and mean; on synthetic data also Grad-CAM (and HiResCAM) pointing
   game / IoU.
 - VQA data (records with questions): closed/open accuracy and open F1 beside majority baselines.
-- Report model: report generation (medvlm.evaluation), plus retrieval R@K, zero-shot AUROC and,
+- Report model: report generation (`report_generation`), plus retrieval R@K, zero-shot AUROC and,
   on synthetic data, localisation of cross-attention over each finding's phrase (raw,
   `explain_*`; gradient-weighted, `explain_attngrad_*`; raw over the naming words alone,
   `explain_keyword_*`) and of Grad-CAM / HiResCAM of the zero-shot score (`explain_gradcam_*`,
@@ -15,9 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RunConfig
+from ..results import TaskResult, write_results
 
 EXPLAIN_STUDIES = 100  # synthetic test studies with findings scored for localisation
 
+TITLES = {"chexnet": "medvlm CheXNet classification", "vqa": "medvlm VQA", "report": "medvlm report generation"}
 SHOWN = {
     "chexnet": ["auroc_mean", "explain_pointing_game", "explain_iou", "explain_hirescam_pointing_game"],
     "vqa": ["vqa_closed_acc", "vqa_open_acc", "vqa_overall_acc", "vqa_open_f1",
@@ -45,50 +47,58 @@ def _explain_studies(cfg: RunConfig, processor) -> list[dict]:
 
 def evaluate_checkpoint(model, processor, cfg: RunConfig, test_records, train_records,
                         out_dir: Path | None) -> tuple[dict, list[str]]:
-    """Run the evaluations that apply; write metrics.json / results.md to `out_dir`.
+    """Run the evaluations that apply and write their outputs once (`results.write_results`).
     Returns (metrics, the headline keys to print)."""
-    e = cfg.eval
     task = task_of(model, test_records, train_records)
-    if e.max_samples:
-        test_records = test_records[: e.max_samples]
-    if task == "chexnet":
-        from .classification import evaluate_classifier
-        from .localization import classifier_gradcam_localization
-
-        metrics = evaluate_classifier(model, processor, test_records, e.batch_size, e.uncertain, out_dir)
-        studies = _explain_studies(cfg, processor)
-        if studies:
-            metrics.update(classifier_gradcam_localization(model, processor, studies))
-            metrics.update(classifier_gradcam_localization(model, processor, studies, elementwise=True,
-                                                           prefix="explain_hirescam"))
-        title = "medvlm CheXNet classification"
-    elif task == "vqa":
-        from .vqa import evaluate_vqa
-
-        metrics = evaluate_vqa(model, processor, test_records, train_records, e.batch_size, None, out_dir)
-        title = "medvlm VQA"
-    else:
-        from ..evaluation import evaluate_model
-        from .localization import attention_localization, vlm_gradcam_localization
-        from .retrieval import evaluate_retrieval
-        from .zero_shot import evaluate_zero_shot
-
-        metrics = evaluate_model(model, processor, test_records, train_records, e, out_dir)
-        metrics.update(evaluate_retrieval(model, processor, test_records, e.batch_size))
-        metrics.update(evaluate_zero_shot(model, processor, test_records, e.batch_size, uncertain=e.uncertain))
-        studies = _explain_studies(cfg, processor)
-        if studies:
-            metrics.update(attention_localization(model, processor, studies))
-            metrics.update(attention_localization(model, processor, studies, rows="keyword",
-                                                  prefix="explain_keyword"))
-            metrics.update(attention_localization(model, processor, studies, weighting="gradient",
-                                                  prefix="explain_attngrad"))
-            metrics.update(vlm_gradcam_localization(model, processor, studies))
-            metrics.update(vlm_gradcam_localization(model, processor, studies, elementwise=True,
-                                                    prefix="explain_hirescam"))
-        title = "medvlm report generation"
+    if cfg.eval.max_samples:
+        test_records = test_records[: cfg.eval.max_samples]
+    run = {"chexnet": _classifier_tasks, "vqa": _vqa_tasks, "report": _report_tasks}[task]
+    result = run(model, processor, cfg, test_records, train_records)
     if out_dir is not None:
-        from ..results import write_results
+        write_results(result.metrics, out_dir, title=TITLES[task], artefacts=result.artefacts)
+    return result.metrics, SHOWN[task]
 
-        write_results(metrics, out_dir, title=title)  # everything in one metrics.json / results.md
-    return metrics, SHOWN[task]
+
+def _classifier_tasks(model, processor, cfg: RunConfig, test_records, train_records) -> TaskResult:
+    from .classification import evaluate_classifier
+    from .localization import classifier_gradcam_localization
+
+    result = evaluate_classifier(model, processor, test_records, cfg.eval.batch_size, cfg.eval.uncertain)
+    studies = _explain_studies(cfg, processor)
+    if studies:
+        result.metrics.update(classifier_gradcam_localization(model, processor, studies))
+        result.metrics.update(classifier_gradcam_localization(model, processor, studies, elementwise=True,
+                                                              prefix="explain_hirescam"))
+    return result
+
+
+def _vqa_tasks(model, processor, cfg: RunConfig, test_records, train_records) -> TaskResult:
+    from .vqa import evaluate_vqa
+
+    return evaluate_vqa(model, processor, test_records, train_records, cfg.eval.batch_size)
+
+
+def _report_tasks(model, processor, cfg: RunConfig, test_records, train_records) -> TaskResult:
+    from .embeddings import image_embeddings
+    from .localization import attention_localization, vlm_gradcam_localization
+    from .report_generation import evaluate_report_generation
+    from .retrieval import evaluate_retrieval
+    from .zero_shot import evaluate_zero_shot
+
+    e = cfg.eval
+    test_embeds = image_embeddings(model, processor, test_records, e.batch_size)  # shared by three tasks
+    result = evaluate_report_generation(model, processor, test_records, train_records, e, test_embeds)
+    metrics = result.metrics
+    metrics.update(evaluate_retrieval(model, processor, test_records, e.batch_size, image_embeds=test_embeds))
+    metrics.update(evaluate_zero_shot(model, processor, test_records, e.batch_size, image_embeds=test_embeds,
+                                      uncertain=e.uncertain))
+    studies = _explain_studies(cfg, processor)
+    if studies:
+        metrics.update(attention_localization(model, processor, studies))
+        metrics.update(attention_localization(model, processor, studies, rows="keyword", prefix="explain_keyword"))
+        metrics.update(attention_localization(model, processor, studies, weighting="gradient",
+                                              prefix="explain_attngrad"))
+        metrics.update(vlm_gradcam_localization(model, processor, studies))
+        metrics.update(vlm_gradcam_localization(model, processor, studies, elementwise=True,
+                                                prefix="explain_hirescam"))
+    return result

@@ -3,22 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from ..evaluation import image_embeddings
 from ..metrics.retrieval import canonical_text, retrieval_metrics
-
-
-@torch.no_grad()
-def text_embeddings(model, processor, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """(N, E) L2-normalised report embeddings, tokenised exactly as in training."""
-    device = next(model.parameters()).device
-    parts = []
-    for start in range(0, len(texts), batch_size):
-        batch = processor.texts(list(texts[start:start + batch_size]))
-        features = model.model.get_text_features(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        parts.append(features.float().cpu())
-    return torch.cat(parts).numpy() if parts else np.zeros((0, model.config.embed_dim), dtype=np.float32)
+from .embeddings import image_embeddings, text_embeddings
 
 
 def evaluate_retrieval(model, processor, records, batch_size: int = 64, image_embeds: np.ndarray | None = None) -> dict:

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
 from ..metrics.vqa import majority_answers, vqa_scores
+from ..results import TaskResult
 
 ANSWER_TOKENS = 16  # answers are short; a cap keeps a confused model from writing a report
 
@@ -29,14 +29,10 @@ def answer_questions(model, processor, images, questions: list[str], batch_size:
     return answers
 
 
-def evaluate_vqa(model, processor, test_records, train_records, batch_size: int = 32,
-                 max_samples: int | None = None, out_dir: Path | None = None) -> dict:
+def evaluate_vqa(model, processor, test_records, train_records, batch_size: int = 32) -> TaskResult:
     """`vqa_closed_acc`, `vqa_open_acc`, `vqa_overall_acc`, `vqa_open_f1` on the test questions,
     beside the answer-only baselines `baselines.majority.*` (most frequent training answer per
-    answer type) and `baselines.question_majority.*` (per question text). Writes answers.jsonl,
-    metrics.json and results.md to `out_dir` when given."""
-    if max_samples:
-        test_records = test_records[:max_samples]
+    answer type) and `baselines.question_majority.*` (per question text); artefact answers.jsonl."""
     questions = [r["question"] for r in test_records]
     answers = [r["answer"] for r in test_records]
     types = [r.get("answer_type", "open") for r in test_records]
@@ -49,18 +45,10 @@ def evaluate_vqa(model, processor, test_records, train_records, batch_size: int 
             if not key.startswith("vqa_num"):
                 metrics[f"baselines.{name}.{key}"] = value
     metrics["num_samples"] = len(test_records)
-    if out_dir is not None:
-        from ..results import write_results
-
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "answers.jsonl", "w") as f:
-            for record, prediction in zip(test_records, predictions):
-                f.write(json.dumps({"qid": record.get("qid"), "question": record["question"],
-                                    "answer": record["answer"], "answer_type": record.get("answer_type"),
-                                    "predicted": prediction}) + "\n")
-        write_results(metrics, out_dir, title="medvlm VQA")
-    return metrics
+    rows = [{"qid": record.get("qid"), "question": record["question"], "answer": record["answer"],
+             "answer_type": record.get("answer_type"), "predicted": prediction}
+            for record, prediction in zip(test_records, predictions)]
+    return TaskResult(metrics, {"answers.jsonl": "".join(json.dumps(row) + "\n" for row in rows)})
 
 
 def vqa_training_evaluator(processor, batch_size: int = 32):

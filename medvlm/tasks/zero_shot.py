@@ -10,12 +10,10 @@ Prompts are phrased the way reports state findings, since the text tower only ev
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from ..evaluation import image_embeddings
 from ..metrics.classification import auroc_per_label, binarize_labels
 from ..observations import CHEXPERT_OBSERVATIONS
-from .retrieval import text_embeddings
+from .embeddings import image_embeddings, text_embeddings
 
 ABNORMAL = ["There is a moderate left pleural effusion.", "Moderate cardiomegaly.", "Moderate pulmonary edema.",
             "There is a patchy opacity in the right lower lobe.", "There is a moderate right pneumothorax."]

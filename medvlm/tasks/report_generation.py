@@ -1,0 +1,126 @@
+"""Report generation: generate for a split, score against the references, and put the model
+beside baselines computed on the same split (the most frequent training report, a random
+training report, the nearest training image's report)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import numpy as np
+import torch
+
+from ..config import EvalConfig
+from ..metrics.bootstrap import bootstrap_intervals
+from ..metrics.chexpert import clinical_efficacy, label_reports
+from ..metrics.nlg import compute_nlg
+from ..modeling import compile_on_any_device
+from ..processing import MedVLMProcessor
+from ..results import TaskResult
+from .embeddings import image_batches, image_embeddings
+
+
+def generation_settings(max_new_tokens: int = 96, num_beams: int = 1, no_repeat_ngram_size: int = 0,
+                        repetition_penalty: float = 1.0, do_sample: bool = False, top_k: int | None = None,
+                        top_p: float | None = None, temperature: float | None = None,
+                        compile_decoding: bool = False) -> dict:
+    """`generate` keyword arguments, as `eval.py` (from the eval section) and `medvlm generate`
+    (from its options) both build them; settings at their neutral value are left out."""
+    kwargs = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": do_sample}
+    optional = {"no_repeat_ngram_size": no_repeat_ngram_size or None, "top_k": top_k, "top_p": top_p,
+                "temperature": temperature, "repetition_penalty": None if repetition_penalty == 1.0 else repetition_penalty}
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
+    if compile_decoding:  # static KV cache and a compiled decode step (README "Performance")
+        kwargs.update(cache_implementation="static", compile_config=compile_on_any_device())
+    return kwargs
+
+
+def generation_kwargs(cfg: EvalConfig) -> dict:
+    """`generation_settings` of the run config's eval section."""
+    return generation_settings(cfg.max_new_tokens, cfg.num_beams, cfg.no_repeat_ngram_size, cfg.repetition_penalty,
+                               compile_decoding=cfg.compile_decoding)
+
+
+@torch.no_grad()
+def generate_reports(model, processor: MedVLMProcessor, records, batch_size: int = 32, **gen_kwargs) -> list[str]:
+    device = next(model.parameters()).device
+    reports = []
+    for pixels in image_batches(records, processor, batch_size):
+        sequences = model.generate(pixel_values=pixels.to(device), **gen_kwargs)
+        reports.extend(processor.decode(sequences))
+    return reports
+
+
+def baseline_reports(train_records, test_records, seed: int = 0, nearest_neighbour=None) -> dict[str, list[str]]:
+    """Reports a model must beat. `nearest_neighbour` = (train_embeddings, test_embeddings)."""
+    train_texts = [r["text"] for r in train_records]
+    most_frequent = Counter(train_texts).most_common(1)[0][0]
+    rng = random.Random(seed)
+    baselines = {
+        "most_frequent": [most_frequent] * len(test_records),
+        "random": [rng.choice(train_texts) for _ in test_records],
+    }
+    if nearest_neighbour is not None:
+        train_emb, test_emb = nearest_neighbour
+        nearest = (test_emb @ train_emb.T).argmax(axis=1)
+        baselines["nearest_neighbour"] = [train_texts[i] for i in nearest]
+    return baselines
+
+
+def score_reports(references: list[str], hypotheses: list[str], uncertain: str = "negative",
+                  with_meteor: bool = True) -> dict:
+    """NLG metrics plus clinical efficacy from our labeler applied to both sides."""
+    metrics = compute_nlg(references, hypotheses, include_meteor=with_meteor)
+    metrics.update(clinical_efficacy(label_reports(references), label_reports(hypotheses), uncertain=uncertain))
+    return metrics
+
+
+def _scored_with_intervals(references, reports, ref_labels, report_labels, cfg: EvalConfig) -> tuple[dict, dict]:
+    """(metrics, their bootstrap intervals keyed like the metrics) of `reports` against `references`."""
+    metrics = score_reports(references, reports, cfg.uncertain)
+    intervals = bootstrap_intervals(references, reports, ref_labels, report_labels,
+                                    n_resamples=cfg.bootstrap_resamples, seed=cfg.seed, uncertain=cfg.uncertain)
+    return metrics, intervals
+
+
+def evaluate_report_generation(model, processor, test_records, train_records, cfg: EvalConfig,
+                               test_image_embeds: np.ndarray | None = None) -> TaskResult:
+    """NLG and clinical-efficacy metrics with bootstrap intervals (`ci.*`), the same for every
+    baseline (`baselines.<name>.*`); artefact `generations.jsonl`."""
+    references = [r["text"] for r in test_records]
+    generated = generate_reports(model, processor, test_records, cfg.batch_size, **generation_kwargs(cfg))
+    ref_labels, gen_labels = label_reports(references), label_reports(generated)
+    metrics, intervals = _scored_with_intervals(references, generated, ref_labels, gen_labels, cfg)
+    metrics.update({f"ci.{k}" if not k.startswith("ci.") else k: v for k, v in intervals.items()})
+    if test_image_embeds is None:
+        test_image_embeds = image_embeddings(model, processor, test_records, cfg.batch_size)
+    neighbours = (image_embeddings(model, processor, train_records, cfg.batch_size), test_image_embeds)
+    for name, reports in baseline_reports(train_records, test_records, cfg.seed, neighbours).items():
+        scores, intervals = _scored_with_intervals(references, reports, ref_labels, label_reports(reports), cfg)
+        metrics.update({f"baselines.{name}.{k}": v for k, v in scores.items()})
+        metrics.update({f"baselines.{name}.ci.{k}": v for k, v in intervals.items() if not k.startswith("ci.")})
+    metrics["num_samples"] = len(test_records)
+    return TaskResult(metrics, {"generations.jsonl": _generations_jsonl(test_records, references, generated,
+                                                                        ref_labels, gen_labels)})
+
+
+def _generations_jsonl(records, references, generated, ref_labels, gen_labels) -> str:
+    rows = [{"id": record.get("study_id"), "reference": ref, "generated": gen,
+             "reference_labels": _labels_json(rl), "generated_labels": _labels_json(gl)}
+            for record, ref, gen, rl, gl in zip(records, references, generated, ref_labels, gen_labels)]
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def _labels_json(labels) -> list:
+    return [None if np.isnan(v) else float(v) for v in labels]
+
+
+def training_evaluator(processor, cfg: EvalConfig):
+    """evaluate_fn for the Trainer: the same generation and scoring code, on a validation subset."""
+    def evaluate_subset(model, records) -> dict:
+        generated = generate_reports(model, processor, records, cfg.batch_size, **generation_kwargs(cfg))
+        scores = score_reports([r["text"] for r in records], generated, cfg.uncertain, with_meteor=False)
+        return {f"val_{k}": scores[k] for k in ("bleu_4", "cider", "ce_micro_f1", "ce_macro_f1") if k in scores}
+
+    return evaluate_subset
