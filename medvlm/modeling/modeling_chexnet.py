@@ -10,12 +10,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.utils import ModelOutput
 from torch import nn
 
 from .configuration_chexnet import CheXNetConfig
-from .vision import VisionTower
+from .vision import VisionTower, init_layer_weights
 
 
 def class_weighted_bce(logits: torch.Tensor, targets: torch.Tensor,
@@ -66,19 +65,7 @@ class CheXNetPreTrainedModel(PreTrainedModel):
         ]
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            init.normal_(module.weight, std=self.config.initializer_range)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
-            if module.weight is not None:
-                init.ones_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
+        init_layer_weights(module, self.config.initializer_range)
 
 
 class CheXNetForImageClassification(CheXNetPreTrainedModel):

@@ -33,7 +33,7 @@ from .losses import (
     weighted_total,
 )
 from .text import TextTower
-from .vision import VisionTower
+from .vision import VisionTower, init_layer_weights
 
 
 @dataclass
@@ -102,21 +102,9 @@ class MedVLMPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         # Reached for our own modules and the timm backbone; the HF text tower keeps its own init.
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            init.normal_(module.weight, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)):
-            if module.weight is not None:
-                init.ones_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, MedVLMModel):
+        if init_layer_weights(module, self.config.initializer_range):
+            return
+        if isinstance(module, MedVLMModel):
             init.constant_(module.logit_scale, math.log(1.0 / self.config.init_temperature))
             if module.image_positions is not None:
                 init.normal_(module.image_positions, std=self.config.initializer_range)

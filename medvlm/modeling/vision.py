@@ -8,6 +8,7 @@ import timm
 from safetensors.torch import load_file
 from timm.models import adapt_input_conv
 from torch import nn
+from transformers import initialization as init  # skips weights from_pretrained loaded
 
 from ..errors import UserError
 
@@ -33,6 +34,23 @@ def read_state_dict(path: str | Path, key: str = "model.vision.pretrained_path")
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     return state
+
+
+def init_layer_weights(module: nn.Module, std: float) -> bool:
+    """The initialisation both models give their own layers and a timm backbone: normal linear
+    weights, He-normal convolutions, unit norms, zero biases. True when `module` was one of those."""
+    if isinstance(module, nn.Linear):
+        init.normal_(module.weight, std=std)
+    elif isinstance(module, nn.Conv2d):
+        init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)):
+        if module.weight is not None:
+            init.ones_(module.weight)
+    else:
+        return False
+    if getattr(module, "bias", None) is not None:
+        init.zeros_(module.bias)
+    return True
 
 
 def create_backbone(model_name: str, img_size: int, in_chans: int, timm_kwargs: dict | None) -> nn.Module:
