@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import time
 from pathlib import Path
@@ -43,6 +44,8 @@ SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.pt"  # torch (and CUDA) generators
 RNG_HOST_FILE = "rng_host.json"  # Python and NumPy generators
 REQUIRED_FILES = ("model.safetensors", OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE, STATE_FILE)
+CARD_FILES = ("README.md",)  # documentation: not needed to load or resume
+STEP_DIR = re.compile(r"step-\d+")  # checkpoints/step-0000300; anything else there is not a checkpoint
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -155,7 +158,38 @@ def load_training_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     return trainer_state
 
 
-# ---------------------------------------------------------------- finding a checkpoint to resume from
+# ---------------------------------------------------------------- checking a directory against its manifest
+
+def _manifest_problem(path: Path, required: tuple[str, ...]) -> str | None:
+    """Why the files of `path` do not match its COMPLETE manifest (sizes of every file first,
+    which is cheap and catches truncation, then SHA-256), or None when they all do. The model
+    card (README.md) is documentation, not needed to load or resume: a difference there is
+    logged, not a problem (`medvlm eval` used to rewrite it)."""
+    try:
+        files = json.loads((path / COMPLETE_MARKER).read_text())["files"]
+        files = {name: {"size": int(entry["size"]), "sha256": str(entry["sha256"])} for name, entry in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"unreadable {COMPLETE_MARKER} manifest ({error})"
+    for name in required:
+        if name not in files:
+            return f"{name} is not part of the checkpoint"
+    needed = {name: expected for name, expected in files.items() if name not in CARD_FILES}
+    for name, expected in needed.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected["size"]:
+            return f"{name} is truncated or altered ({file.stat().st_size} bytes, expected {expected['size']})"
+    for name, expected in needed.items():
+        if _sha256(path / name) != expected["sha256"]:
+            return f"{name} is corrupted (checksum mismatch: its SHA-256 differs from the manifest's)"
+    for name in set(files) & set(CARD_FILES):
+        card = path / name
+        if not card.is_file() or _sha256(card) != files[name]["sha256"]:
+            log.warning("%s: %s differs from the COMPLETE manifest (a model card edited after training); "
+                        "not needed to load the model", path, name)
+    return None
+
 
 def checkpoint_problem(path: Path) -> str | None:
     """Why a checkpoint directory cannot be resumed from, or None when every file it lists in its
@@ -163,34 +197,56 @@ def checkpoint_problem(path: Path) -> str | None:
     path = Path(path)
     if not path.is_dir():
         return "no such checkpoint directory"
-    marker = path / COMPLETE_MARKER
-    if not marker.is_file():
+    if not (path / COMPLETE_MARKER).is_file():
         return "no COMPLETE marker (interrupted while writing)"
-    try:
-        files = json.loads(marker.read_text())["files"]
-    except (ValueError, KeyError) as error:
-        return f"unreadable {COMPLETE_MARKER} manifest ({error})"
-    for name in REQUIRED_FILES:
-        if name not in files:
-            return f"{name} is not part of the checkpoint"
-    for name, expected in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != expected["size"]:
-            return f"{name} is truncated or altered ({file.stat().st_size} bytes, expected {expected['size']})"
-        if _sha256(file) != expected["sha256"]:
-            return f"{name} is corrupted (checksum mismatch)"
-    return None
+    return _manifest_problem(path, REQUIRED_FILES)
+
+
+def model_dir_problem(path: Path) -> str | None:
+    """Why a saved model directory (a checkpoint or `final`) cannot be loaded, judged by its COMPLETE
+    manifest: the files it lists must be there with their recorded size and SHA-256. A directory
+    without a manifest (saved with `save_pretrained` by hand) is not judged: None."""
+    path = Path(path)
+    if not (path / COMPLETE_MARKER).is_file():
+        return None
+    return _manifest_problem(path, ())
+
+
+def check_model_dir(path: Path, what: str = "model directory") -> Path:
+    """`path`, or a UserError naming the missing, truncated or damaged file of a model directory."""
+    problem = model_dir_problem(path)
+    if problem:
+        raise UserError(f"{what} {path}: {problem}; the directory is damaged or was copied incompletely "
+                        "(copy it again, or use another checkpoint)")
+    return Path(path)
+
+
+# ---------------------------------------------------------------- finding a checkpoint to resume from
+
+def list_checkpoints(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The checkpoints under `root` (folders named exactly step-<digits>), oldest first, and every
+    other entry there with why it is not one (a backup copy, notes, an interrupted write)."""
+    root = Path(root)
+    steps, others = [], []
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        if entry.is_dir() and STEP_DIR.fullmatch(entry.name):
+            steps.append(entry)
+        elif entry.name.startswith((".tmp-", ".old-")):
+            others.append((entry, "left over from an interrupted checkpoint write"))
+        else:
+            kind = "folder" if entry.is_dir() else "file"
+            others.append((entry, f"a {kind} not named step-<digits>, so not a checkpoint"))
+    steps.sort(key=lambda p: int(p.name.split("-")[1]))
+    return steps, others
 
 
 def find_resumable_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint under output_dir/checkpoints; damaged ones are reported and skipped."""
-    root = Path(output_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return None
-    candidates = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]), reverse=True)
-    for path in candidates:
+    """The newest complete checkpoint under output_dir/checkpoints; what is passed over on the way
+    (other entries, damaged checkpoints) is printed with the reason."""
+    steps, others = list_checkpoints(Path(output_dir) / CHECKPOINTS)
+    for path, why in others:
+        print(f"[medvlm] resume: ignoring {path}: {why}")
+    for path in reversed(steps):
         problem = checkpoint_problem(path)
         if problem is None:
             return path

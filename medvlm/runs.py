@@ -120,17 +120,28 @@ def _warn_contradictions(cfg: RunConfig, loaded: MedVLMConfig) -> None:
 
 def load_trained(path: str | Path) -> tuple[MedVLMForConditionalGeneration, MedVLMProcessor, RunConfig | None]:
     """A saved model directory: model (MedVLM or CheXNet, by the config's model_type), processor,
-    and the run config it was trained with (if any)."""
+    and the run config it was trained with (if any). A directory training wrote is first checked
+    against its COMPLETE manifest: a missing, truncated or damaged file is a UserError naming it
+    (one saved with `save_pretrained` by hand has no manifest and is loaded as it is). Loading
+    writes nothing into the directory."""
     import json
 
+    from safetensors import SafetensorError
+
+    from .checkpointing import check_model_dir
     from .config import load_config
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not a medvlm model directory (no config.json)")
+    check_model_dir(path)
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
     model_class = CheXNetForImageClassification if model_type == "chexnet" else MedVLMForConditionalGeneration
-    model = model_class.from_pretrained(str(path))
+    try:
+        model = model_class.from_pretrained(str(path))
+    except SafetensorError as error:  # no manifest to say which file: the weights' reader says why
+        raise UserError(f"model directory {path}: model.safetensors cannot be read ({error}); the directory is "
+                        "damaged or was copied incompletely") from None
     model.eval()
     processor = MedVLMProcessor.from_pretrained(path)
     run_cfg = load_config(path / "run_config.yaml") if (path / "run_config.yaml").is_file() else None
