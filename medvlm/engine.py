@@ -7,6 +7,7 @@ import logging
 import math
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,14 +18,14 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from .checkpointing import (
-    CHECKPOINTS, STATE_FILE, load_training_checkpoint, resolve_resume, save_model_dir,
+    CHECKPOINTS, STATE_FILE, list_checkpoints, load_training_checkpoint, resolve_resume, save_model_dir,
     write_atomically, write_training_checkpoint,
 )
 from .atomic_files import atomic_write_text
 from .config import RunConfig
 from .errors import UserError
 from .finetuning import base_model, exportable
-from .model_card import write_run_info
+from .model_card import update_run_info, write_run_info
 from .processing import Collator, MedVLMProcessor, RecordDataset
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class TrainerState:
     best_metric: float | None = None
     best_step: int | None = None
     history: list = field(default_factory=list)  # evaluation results by step
+    skipped_items: dict = field(default_factory=dict)  # {record index: reason} of training images skipped
 
 
 class EpochSampler(Sampler):
@@ -121,6 +123,11 @@ class Trainer:
         self.processor = processor
         self.train_set = RecordDataset(train_records, processor.with_augmentation(run_config.data.augment),
                                        run_config.data.on_error)
+        self.loading_skips = skipped_while_loading(train_records)
+        if len(self.train_set) == 0:
+            raise UserError("no training records: the train split is empty" + (
+                f" ({_counts(self.loading_skips, 'record(s) skipped while loading')}; see the warnings above)"
+                if self.loading_skips else "") + "; check data.root, data.options and data.on_error")
         self.validation_records = validation_records
         self.evaluate_fn = evaluate_fn
         self.collate = collate or Collator(processor)
@@ -146,13 +153,20 @@ class Trainer:
         return self.accelerator.skip_first_batches(loader, skip) if skip else loader
 
     def _batches(self):
-        """Micro-batches forever, starting at the saved data position."""
+        """Micro-batches forever, starting at the saved data position. A whole epoch in which
+        every image was skipped (data.on_error=skip) is an error, not an endless loop."""
         while True:
             epoch, offset = divmod(self.state.batches_seen, self.batches_per_epoch)
+            yielded = False
             for batch in self._epoch_loader(epoch, offset):
                 self.state.batches_seen += 1
                 if batch:
+                    yielded = True
                     yield batch
+            if not yielded and offset == 0:
+                raise UserError(f"every training image failed to load in epoch {epoch} "
+                                f"({_counts(self.skip_counts(), 'image(s) skipped')}; see the warnings above); "
+                                "check the image files under data.root")
             if self.state.batches_seen % self.batches_per_epoch:
                 self.state.batches_seen += self.batches_per_epoch - self.state.batches_seen % self.batches_per_epoch
 
@@ -160,6 +174,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         self.accelerator.wait_for_everyone()
         path = self.output_dir / CHECKPOINTS / f"step-{self.state.step:07d}"
+        self._sync_skipped_items()
         if self.is_main:
             model = self.accelerator.unwrap_model(self.model)
             write_atomically(path, lambda tmp: write_training_checkpoint(
@@ -169,9 +184,11 @@ class Trainer:
         return path
 
     def _prune_checkpoints(self) -> None:
+        """Keep the last `train.keep_last` checkpoints and the best; nothing but step-<digits>
+        folders (and our own interrupted writes) is ever removed."""
         root = self.output_dir / CHECKPOINTS
         keep = {f"step-{self.state.best_step:07d}"} if self.state.best_step is not None else set()
-        steps = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        steps, _ = list_checkpoints(root)
         for path in steps[: max(0, len(steps) - self.cfg.train.keep_last)]:
             if path.name not in keep:
                 shutil.rmtree(path)
@@ -181,6 +198,7 @@ class Trainer:
     def resume_from(self, path: Path) -> None:
         model = self.accelerator.unwrap_model(self.model)
         self.state = TrainerState(**load_training_checkpoint(path, model, self.optimizer, self.scheduler))
+        self.train_set.restore_skipped(self.state.skipped_items)
         print(f"[medvlm] resumed from {path} at step {self.state.step}")
 
     # -- logging
@@ -194,12 +212,29 @@ class Trainer:
                 if isinstance(value, (int, float)) and key != "step" and value is not None and math.isfinite(value):
                     self.writer.add_scalar(key, value, record["step"])
 
-    def _truncate_log_after(self, step: int) -> None:
-        """On resume, drop log lines the interrupted run wrote after its last checkpoint."""
+    def _read_log_for_resume(self) -> list[dict]:
+        """The rows of metrics.jsonl before resuming. A torn last line (a run killed while writing
+        it) is dropped, and said so; an unreadable line before the last is not what a kill leaves,
+        so it is a UserError naming its line number rather than something to rewrite away."""
         path = self.output_dir / "metrics.jsonl"
+        rows, bad, last = read_log(path)
+        for number, why in bad:
+            if number != last:
+                raise UserError(f"{path}, line {number}: not a JSON record ({why}); only the last line can be "
+                                f"torn by an interrupted run. Fix or delete line {number}, then resume again")
+            if self.is_main:
+                print(f"[medvlm] resume: dropping the torn last line {number} of {path} (the run was interrupted "
+                      "while writing it)")
+        return rows
+
+    def _rewrite_log(self, rows: list[dict], step: int) -> None:
+        """On resume, keep the log lines up to the checkpoint's step; later ones are redone."""
+        path = self.output_dir / "metrics.jsonl"
+        kept = [row for row in rows if row.get("step", 0) <= step]
+        if len(kept) < len(rows) and self.is_main:
+            print(f"[medvlm] resume: dropping {len(rows) - len(kept)} log line(s) written after step {step}")
         if self.is_main and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
+            atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
 
     # -- evaluation
     @torch.no_grad()
@@ -246,12 +281,20 @@ class Trainer:
         """Run info, resume (weights, optimizer, data position, random generators), writers."""
         t = self.cfg.train
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if self.is_main:
-            write_run_info(self.output_dir, self.cfg)
         resume_path = resolve_resume(self.cfg)
+        if resume_path is None and t.resume is None:
+            self._refuse_to_overwrite_an_earlier_run()
+        log_rows = self._read_log_for_resume() if t.resume is not None else None
         if resume_path is not None:
             self.resume_from(resume_path)
-            self._truncate_log_after(self.state.step)
+            if self.state.step >= t.max_steps:
+                raise UserError(f"train.max_steps={t.max_steps}: {resume_path} is already at step {self.state.step}, "
+                                "so not one step would be trained (and no model saved as complete); raise "
+                                f"train.max_steps above {self.state.step} to train on, or use {resume_path} as it is")
+        if log_rows is not None:
+            self._rewrite_log(log_rows, self.state.step)
+        if self.is_main:
+            write_run_info(self.output_dir, self.cfg)
         if self.is_main and t.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -261,6 +304,15 @@ class Trainer:
                              dynamic_ncols=True)
         self.batch_stream = self._batches()
         self.window = _LogWindow()
+
+    def _refuse_to_overwrite_an_earlier_run(self) -> None:
+        """A fresh start (no train.resume) in an output_dir that holds another run's checkpoints would
+        prune them and mix two runs' checkpoints for a later `--resume auto`: a UserError instead."""
+        steps, _ = list_checkpoints(self.output_dir / CHECKPOINTS)
+        if steps:
+            raise UserError(f"train.output_dir={self.output_dir} holds the checkpoints of an earlier run (newest: "
+                            f"{steps[-1].name}); continue it with --resume auto (train.resume=auto), or choose "
+                            "another train.output_dir")
 
     def _optimizer_step(self) -> bool:
         """Forward/backward over `train.grad_accum` micro-batches; accelerate applies the optimizer
@@ -307,8 +359,10 @@ class Trainer:
         t, step = self.cfg.train, self.state.step
         if not (step % t.log_every == 0 or step == t.max_steps):
             return
+        self._sync_skipped_items()
         record = {"step": step, "lr": self.scheduler.get_last_lr()[0], "samples_per_s": self.window.samples_per_s(),
-                  "nonfinite_total": self.state.nonfinite_total, **self.window.mean_losses()}
+                  "nonfinite_total": self.state.nonfinite_total, "skipped_items": len(self.state.skipped_items),
+                  **self.window.mean_losses()}
         if self.window.logit_scale is not None:
             record["logit_scale"] = self.window.logit_scale
         self.progress.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}")
@@ -343,6 +397,7 @@ class Trainer:
         """The final model directory, the trainer state and the loss curve."""
         self.progress.close()
         self.accelerator.wait_for_everyone()
+        self._sync_skipped_items()
         final = self.output_dir / "final"
         if self.is_main:
             model = exportable(self.accelerator.unwrap_model(self.model))
@@ -350,11 +405,78 @@ class Trainer:
             latest = {k.removeprefix("val_"): v for k, v in latest.items()} if latest else None
             write_atomically(final, lambda tmp: save_model_dir(tmp, model, self.processor, self.cfg, latest))
             atomic_write_text(self.output_dir / STATE_FILE, json.dumps(asdict(self.state), indent=1))
+            update_run_info(self.output_dir, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=self.state.step,
+                            skipped=self.skip_report())
             plot_loss_curve(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curve.png")
+            self._print_skips()
         if self.writer is not None:
             self.writer.close()
         self.accelerator.wait_for_everyone()
         return final
+
+    # -- skipped images (data.on_error=skip)
+    def _sync_skipped_items(self) -> None:
+        """state.skipped_items from the training set's table of skipped records, merged over the
+        distributed processes (each reads other records, so each table holds a part)."""
+        table = self.train_set.bad
+        if self.accelerator.num_processes > 1:
+            gathered = self.accelerator.gather(table.to(self.accelerator.device))  # (P * N,)
+            table.copy_(gathered.view(self.accelerator.num_processes, -1).max(dim=0).values.cpu())
+        self.state.skipped_items = self.train_set.skipped_items()
+
+    def skip_counts(self) -> dict:
+        """{reason: n} of the training records skipped so far, each counted once."""
+        items = self.state.skipped_items or self.train_set.skipped_items()
+        return dict(sorted(Counter(items.values()).items()))
+
+    def skip_report(self) -> dict:
+        """What run_info.json keeps: the records left out while loading and while training, by reason."""
+        loading, training = self.loading_skips, self.skip_counts()
+        return {"loading": {"total": sum(loading.values()), **loading},
+                "training": {"total": sum(training.values()), **training}}
+
+    def _print_skips(self) -> None:
+        loading, training = self.loading_skips, self.skip_counts()
+        if loading or training or self.cfg.data.on_error == "skip":
+            print(f"[medvlm] train: {_counts(loading, 'record(s) skipped while loading')}, "
+                  f"{_counts(training, 'image(s) skipped while training')} (totals in run_info.json)")
+
+
+def skipped_while_loading(records) -> dict:
+    """{reason: n} of the bad items a loader left out of `records` (a RecordList's `skipped`, a
+    prepared cache's `info["skipped"]`); {} for a plain list."""
+    counts = getattr(records, "skipped", None)
+    if counts is None:
+        counts = (getattr(records, "info", None) or {}).get("skipped") or {}
+    return {str(reason): int(n) for reason, n in sorted(dict(counts).items()) if n}
+
+
+def _counts(counts: dict, what: str) -> str:
+    """'3 <what> (missing_file: 1, unreadable_file: 2)', or '0 <what>'."""
+    total = sum(counts.values())
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items()))
+    return f"{total} {what}" + (f" ({reasons})" if total else "")
+
+
+def read_log(path: Path) -> tuple[list[dict], list[tuple[int, str]], int]:
+    """A JSONL log: (its records, [(line number, why)] of the lines that are not JSON objects, the
+    number of its last non-blank line). A missing file is an empty log."""
+    rows, bad, last = [], [], 0
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if Path(path).is_file() else []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        last = number
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            bad.append((number, str(error)))
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append((number, f"a JSON {type(row).__name__}, not an object"))
+    return rows, bad, last
 
 
 def plot_loss_curve(metrics_file: Path, out_png: Path) -> None:
@@ -363,7 +485,7 @@ def plot_loss_curve(metrics_file: Path, out_png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    rows, _, _ = read_log(metrics_file)
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in ("loss", "caption_loss", "contrastive_loss", "val_loss"):
         points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]

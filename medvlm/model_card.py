@@ -8,6 +8,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from .atomic_files import atomic_write_text
 from .config import RunConfig
 
 MIMIC_TERMS = (
@@ -47,10 +48,24 @@ def git_commit() -> str | None:
         return None
 
 
+RUN_INFO = "run_info.json"
+
+
 def write_run_info(output_dir: Path, cfg: RunConfig) -> None:
+    """run_info.json at the start of a run: when, which code, environment, config and command."""
     info = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
             "environment": environment(), "config": cfg.to_dict(), "command": sys.argv}
-    Path(output_dir, "run_info.json").write_text(json.dumps(info, indent=1))
+    atomic_write_text(Path(output_dir, RUN_INFO), json.dumps(info, indent=1))
+
+
+def update_run_info(output_dir: Path, **fields) -> None:
+    """Add `fields` (e.g. the end of a run and what it skipped) to run_info.json, rewritten atomically."""
+    path = Path(output_dir, RUN_INFO)
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing or unreadable: the new fields still get written
+        info = {}
+    atomic_write_text(path, json.dumps({**info, **fields}, indent=1))
 
 
 def _metrics_table(metrics: dict) -> str:
@@ -103,6 +118,8 @@ def model_card(cfg: RunConfig | None, metrics: dict | None = None, split: str | 
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
-def write_model_card(model_dir: Path, cfg: RunConfig | None, metrics: dict | None = None,
-                     split: str | None = None) -> None:
-    Path(model_dir, "README.md").write_text(model_card(cfg, metrics, split))
+def write_model_card(directory: Path, cfg: RunConfig | None, metrics: dict | None = None,
+                     split: str | None = None, name: str = "README.md") -> Path:
+    """The model card as `directory/name`: README.md of a model directory while training writes it;
+    `medvlm eval` writes a copy with its metrics into its own output folder, never into the model's."""
+    return atomic_write_text(Path(directory, name), model_card(cfg, metrics, split))
