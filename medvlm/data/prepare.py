@@ -4,7 +4,8 @@
 Cache layout (a folder)::
 
     cache_info.json          format version, image_size, resize_mode, record count, shard names,
-                             skipped counts, fingerprint
+                             skipped counts by reason (while loading + while decoding) and their
+                             total, each image that failed to decode, fingerprint
     shard-00000/ ...         datasets saved with save_to_disk; one row per record:
                              image  uint8 (S, S) Array2D   the resized pixels
                              image_path  str               the source path ("" for in-memory images)
@@ -27,6 +28,7 @@ import math
 import multiprocessing
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +50,9 @@ _STRING_FIELDS = ("image_path", "text", "findings", "impression", "study_id", "s
 
 @dataclass
 class CacheSummary:
-    """What `prepare_cache` did."""
+    """What `prepare_cache` did. `num_records` records are in the cache; `skipped` counts by
+    reason every record left out (by the loader, `skipped_while_loading`, and images that failed
+    to decode, each one in `failed` as {"item", "reason", "message"})."""
 
     path: Path
     num_records: int
@@ -57,6 +61,14 @@ class CacheSummary:
     skipped: dict = field(default_factory=dict)
     built_shards: int = 0
     reused_shards: int = 0
+    failed: list = field(default_factory=list)
+    skipped_while_loading: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        """'13 cached, 2 skipped (missing_file: 1, unreadable_file: 1)'."""
+        total = sum(self.skipped.values())
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items()))
+        return f"{self.num_records} cached, {total} skipped" + (f" ({reasons})" if total else "")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -170,12 +182,15 @@ def prepare_cache(
       metadata, and `load_cache` refuses a mismatch.
     num_workers: decoding processes (0: in this process).
     on_error: "raise" stops at the first image that fails to decode (DataError naming the file;
-      finished shards are kept for a rerun); "skip" leaves it out, counts it, and logs a summary.
+      finished shards are kept for a rerun); "skip" leaves it out, counts it by reason, keeps
+      its name and message (`CacheSummary.failed`, cache_info.json) and logs a summary. The
+      records a loader already left out (a `RecordList`'s `skipped`) are counted in as well.
     shard_size: records per shard, the unit of resumption.
     overwrite: replace an existing cache built with other settings or records (otherwise that is
       a DataError); an existing cache built from the same records and settings is reused as is.
     """
     settings = _job_settings(image_size, resize_mode, shard_size, max_pixels)
+    while_loading = {str(k): int(n) for k, n in sorted(dict(getattr(records, "skipped", None) or {}).items()) if n}
     records = list(records)
     out = Path(out_dir)
     size = settings["shard_size"]
@@ -189,20 +204,21 @@ def prepare_cache(
 
     work = _open_work_dir(out, settings)
     log = SkipLog(on_error, source=f"prepare_cache({out})")
-    summary = CacheSummary(out, 0, settings["image_size"], resize_mode)
+    summary = CacheSummary(out, 0, settings["image_size"], resize_mode, skipped_while_loading=while_loading)
     features = _features(records, settings["image_size"]) if records else None
     names = _build_shards(work, shards, fingerprints, settings, features, log, summary, num_workers, progress)
-    summary.skipped = dict(log.skipped)
+    summary.skipped = dict(sorted((Counter(log.skipped) + Counter(while_loading)).items()))
     _write_json(work / CACHE_INFO, {
         "version": FORMAT_VERSION, "image_size": summary.image_size, "resize_mode": resize_mode,
         "num_records": summary.num_records, "shards": names, "skipped": summary.skipped,
-        "fingerprint": total_fingerprint,
+        "skipped_total": sum(summary.skipped.values()), "skipped_while_loading": while_loading,
+        "failed": summary.failed, "fingerprint": total_fingerprint,
     })
     (work / "job.json").unlink()
     _move_into_place(work, out)
-    log.finish([])  # logs the skip summary, if any
-    logger.info("prepare_cache: %s: %d records (%d shards built, %d reused)", out,
-                summary.num_records, summary.built_shards, summary.reused_shards)
+    level = logging.WARNING if summary.skipped else logging.INFO
+    logger.log(level, "prepare_cache: %s: %s (%d shards built, %d reused)", out, summary.line(),
+               summary.built_shards, summary.reused_shards)
     return summary
 
 
@@ -225,8 +241,8 @@ def _reuse_existing(out: Path, fingerprint: str, settings: dict, overwrite: bool
     info = _read_json(out / CACHE_INFO)
     if info is not None and info.get("fingerprint") == fingerprint:
         logger.info("prepare_cache: %s is up to date; reusing it", out)
-        return CacheSummary(out, info["num_records"], image_size, resize_mode,
-                            info.get("skipped", {}), 0, len(info.get("shards", [])))
+        return CacheSummary(out, info["num_records"], image_size, resize_mode, info.get("skipped", {}), 0,
+                            len(info.get("shards", [])), info.get("failed", []), info.get("skipped_while_loading", {}))
     if overwrite:
         return None
     if info is None:
@@ -273,10 +289,12 @@ def _build_shards(work: Path, shards, fingerprints, settings: dict, features, lo
             if pool is None and num_workers > 0:
                 pool = multiprocessing.get_context().Pool(num_workers)
             shard_log = SkipLog(log.on_error, source=log.source)
-            kept, pixels = _decode_shard(shard, settings, pool, shard_log, bar)
+            kept, pixels, failed = _decode_shard(shard, settings, pool, shard_log, bar)
             _save_shard(work, name, datasets.Dataset.from_dict(_columns(kept, pixels, features), features=features),
-                        {"fingerprint": fingerprint, "count": len(kept), "skipped": dict(shard_log.skipped)})
+                        {"fingerprint": fingerprint, "count": len(kept), "skipped": dict(shard_log.skipped),
+                         "failed": failed})
             log.merge(shard_log)
+            summary.failed.extend(failed)
             summary.num_records += len(kept)
             summary.built_shards += 1
     finally:
@@ -297,24 +315,33 @@ def _reuse_shard(shard_dir: Path, fingerprint: str, log: SkipLog, summary: Cache
     summary.reused_shards += 1
     for reason, n in shard_info.get("skipped", {}).items():
         log.skipped[reason] += n
+    summary.failed.extend(shard_info.get("failed", []))
     summary.num_records += shard_info["count"]
     return True
 
 
-def _decode_shard(shard, settings: dict, pool, shard_log: SkipLog, bar) -> tuple[list, list]:
-    """(records kept, their uint8 pixels); an image that fails is skipped into `shard_log` (or raises)."""
+def _decode_shard(shard, settings: dict, pool, shard_log: SkipLog, bar) -> tuple[list, list, list]:
+    """(records kept, their uint8 pixels, the failed ones as {"item", "reason", "message"}); an
+    image that fails is skipped into `shard_log` (or raises)."""
     tasks = [(i, r["image"], settings["image_size"], settings["resize_mode"], settings["max_pixels"])
              for i, r in enumerate(shard)]
     results = pool.imap(_decode, tasks, chunksize=4) if pool else map(_decode, tasks)
-    kept, pixels = [], []
+    kept, pixels, failed = [], [], []
     for i, result in results:
         bar.update(1)
         if isinstance(result, DataError):
             shard_log.skip(result)  # raises under on_error="raise"
+            failed.append({"item": _item_name(shard[i]), "reason": result.reason, "message": str(result)})
             continue
         kept.append(shard[i])
         pixels.append(result)
-    return kept, pixels
+    return kept, pixels, failed
+
+
+def _item_name(record: dict) -> str:
+    """How a bad item is named: its image path, else its study id."""
+    image = record.get("image")
+    return image if isinstance(image, str) else f"study {record.get('study_id')}"
 
 
 def _save_shard(work: Path, name: str, dataset, shard_info: dict) -> None:
