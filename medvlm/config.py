@@ -1,16 +1,20 @@
 """Run configuration: YAML presets -> typed dataclasses, with `section.key=value` overrides.
 
-An unknown key or a value of the wrong type is an error that names the key, so a typo in a
-preset or on the command line never silently falls back to a default.
+An unknown key, a value of the wrong type, a number out of its range or a choice that is not
+one of the allowed ones is an error that names the key, the value and what is allowed, so a typo
+in a preset or on the command line never silently falls back to a default or trains nothing.
+A preset with a YAML syntax error or a key written twice (at any level) is an error naming the
+file and the line.
 """
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -23,6 +27,73 @@ class ConfigError(UserError):
 
 # run-config keys that moved out of the model section, and where they went
 MOVED_MODEL_KEYS = {"init_from": "train.init_from"}
+
+# ---------------------------------------------------------------- ranges and choices
+#
+# Every number and choice of a run config says what it allows where it is declared, in one
+# vocabulary of rules:
+#   min / max   inclusive bounds          gt / lt   exclusive bounds
+#   choices     the allowed values        note      what a boundary value means ("0 = never")
+# The dataclasses below carry them in a field's metadata (`setting(32, min=1)` is
+# `field(default=32, metadata={"min": 1})`) and take choices from `Literal[...]` annotations;
+# the model config classes (MedVLMConfig, CheXNetConfig), whose field types belong to HF's
+# strict validation, keep theirs in a class-level `setting_ranges` dict (keys: field names, or
+# "vision.<key>" inside the vision dict). `_check_rules` applies either where the value is read.
+RULES = ("min", "max", "gt", "lt", "choices", "note")
+
+
+def setting(default, **rules):
+    """A dataclass field with a default and range/choice rules (see RULES)."""
+    unknown = set(rules) - set(RULES)
+    if unknown:
+        raise TypeError(f"unknown setting rule(s) {sorted(unknown)}; known: {RULES}")
+    return field(default=default, metadata=rules)
+
+
+def _show(value: Any) -> str:
+    """A value as the YAML a user writes shows it (true, null, 'text', 3)."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else str(value).lower()
+    return repr(value)
+
+
+def allowed_values(rules: dict, integer: bool = False) -> str:
+    """What `rules` allow, in words: "an integer >= 1", "a number in [0, 1)", "one of 'a', 'b'"."""
+    if "choices" in rules:
+        return "one of " + ", ".join(_show(c) for c in rules["choices"])
+    kind = "an integer" if integer else "a number"
+    low = ("[", rules["min"]) if "min" in rules else ("(", rules["gt"]) if "gt" in rules else None
+    high = (rules["max"], "]") if "max" in rules else (rules["lt"], ")") if "lt" in rules else None
+    if low and high:
+        return f"{kind} in {low[0]}{low[1]}, {high[0]}{high[1]}"
+    if low:
+        return f"{kind} {'>=' if low[0] == '[' else '>'} {low[1]}"
+    if high:
+        return f"{kind} {'<=' if high[1] == ']' else '<'} {high[0]}"
+    return kind
+
+
+def breaks_rules(value: Any, rules: dict) -> bool:
+    """True when `value` is outside `rules` (None is always allowed: "not set")."""
+    if value is None:
+        return False
+    if "choices" in rules:
+        return not any(value == c and type(value) is type(c) for c in rules["choices"])
+    checks = {"min": lambda bound: value >= bound, "max": lambda bound: value <= bound,
+              "gt": lambda bound: value > bound, "lt": lambda bound: value < bound}
+    bounds = [k for k in checks if k in rules]
+    if not bounds:
+        return False
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return True
+    return not all(checks[k](rules[k]) for k in bounds)
+
+
+def _check_rules(full: str, value: Any, rules: dict | None, integer: bool = False) -> None:
+    wrong_kind = integer and "choices" not in (rules or {}) and isinstance(value, float)
+    if rules and (breaks_rules(value, rules) or wrong_kind):
+        note = f" ({rules['note']})" if rules.get("note") else ""
+        raise ConfigError(f"config key '{full}' must be {allowed_values(rules, integer)}{note}, got {_show(value)}")
 
 
 class ModelSettings:
@@ -84,6 +155,7 @@ def _build_model_settings(values: Any) -> ModelSettings:
         if key == "vision" and isinstance(value, dict):
             _check_vision_keys(config_class, value)
         checked[key] = _checked_value(full, value, fields[key])
+        _check_rules(full, checked[key], _model_ranges(config_class).get(key), _is_integer(fields[key]))
     try:
         return ModelSettings(architecture, checked)
     except (TypeError, ValueError) as error:  # the config class's own checks (e.g. text without model_type)
@@ -97,67 +169,93 @@ def _check_vision_keys(config_class, vision: dict) -> None:
             raise ConfigError("config key 'model.vision.img_size' is not set in a run config: it is data.image_size")
         if key not in known:
             _unknown_key(f"model.vision.{key}", key, known)
+        rules = _model_ranges(config_class).get(f"vision.{key}")
+        _check_rules(f"model.vision.{key}", vision[key], rules, integer=rules is not None and "choices" not in rules)
+
+
+def _model_ranges(config_class) -> dict:
+    """The model config class's `setting_ranges` (see RULES); {} for a class without them."""
+    return getattr(config_class, "setting_ranges", {})
+
+
+Dataset = Literal["synthetic", "mimic_cxr", "iu_xray", "vqa_rad", "slake", "chestxray14", "csv", "jsonl", "hf"]
+DATASETS = typing.get_args(Dataset)  # medvlm.data.sources loads each of these
+Tower = Literal["vision", "text", "fusion"]  # medvlm.finetuning.TOWERS
+Split = Literal["train", "validation", "test"]
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # synthetic | mimic_cxr | iu_xray | vqa_rad | slake | chestxray14 | csv | jsonl | hf
+    dataset: Dataset = "synthetic"
     root: str | None = None
     options: dict = field(default_factory=dict)  # passed to the dataset's loader
-    image_size: int = 128
-    resize_mode: str = "pad"
+    image_size: int = setting(128, min=16)
+    resize_mode: Literal["pad", "crop"] = "pad"  # medvlm.data.images.RESIZE_MODES
     augment: bool = True
-    max_length: int = 128
+    max_length: int = setting(128, min=8)  # tokens per text; at most the text tower's positions
     tokenizer: str | None = None  # an existing tokenizer directory; default: train one on the train split
-    tokenizer_vocab_size: int = 1000
+    tokenizer_vocab_size: int = setting(1000, min=32)  # an upper bound: small corpora get fewer
     cache_dir: str | None = None  # a `medvlm prepare` cache; images are read from it when set
-    num_workers: int = 0
-    on_error: str = "raise"  # raise | skip
+    num_workers: int = setting(0, min=0, note="0 = load in the main process")
+    on_error: Literal["raise", "skip"] = "raise"  # medvlm.data.records.ON_ERROR
+    # image paths read from the dataset's files must resolve inside its root (symlinks followed);
+    # true also opens absolute paths and paths that lead out of it
+    allow_outside_root: bool = False
+
+
+@dataclass
+class LoraSettings:
+    """The keys `train.lora` may set (checked here, passed on as the dict the preset wrote)."""
+    r: int = setting(8, min=1)
+    alpha: float = setting(16.0, gt=0)
+    dropout: float = setting(0.0, min=0, lt=1)
+    towers: list[Tower] = field(default_factory=lambda: ["fusion", "text"])
 
 
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/default"
-    seed: int = 0
-    batch_size: int = 32
-    max_steps: int = 1000
-    learning_rate: float = 5.0e-4
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.05
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    seed: int = setting(0, min=0)
+    batch_size: int = setting(32, min=1)
+    max_steps: int = setting(1000, min=1)
+    learning_rate: float = setting(5.0e-4, gt=0)
+    weight_decay: float = setting(0.05, min=0)
+    warmup_steps: int = setting(100, min=0, note="0 = no warmup")
+    min_lr_ratio: float = setting(0.05, min=0, max=1, note="the cosine ends at this share of the peak; 1 = constant")
+    grad_clip: float = setting(1.0, min=0, note="0 = no clipping")
+    grad_accum: int = setting(1, min=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, more time
     compile: bool = False  # torch.compile the model (inductor) through accelerate
-    log_every: int = 10
-    eval_every: int = 500
-    eval_samples: int = 64
-    save_every: int = 500
-    keep_last: int = 2
+    log_every: int = setting(10, min=1)
+    eval_every: int = setting(500, min=0, note="0 = never")
+    eval_samples: int = setting(64, min=1)
+    save_every: int = setting(500, min=0, note="0 = no periodic checkpoints; the final model is saved")
+    keep_last: int = setting(2, min=1, note="0 would delete each checkpoint as it is written")
     resume: str | None = None  # None | auto | a checkpoint directory
-    max_nonfinite_steps: int = 5
+    max_nonfinite_steps: int = setting(5, min=1)
     tensorboard: bool = True
     init_from: str | None = None  # a medvlm model directory to start from (fine-tuning)
-    freeze: list = field(default_factory=list)  # any of: vision, text, fusion
-    lora: dict | None = None  # e.g. {r: 8, alpha: 16, dropout: 0.05, towers: [fusion, text]}
+    freeze: list[Tower] = field(default_factory=list)
+    lora: dict | None = field(default=None, metadata={"schema": LoraSettings})  # e.g. {r: 8, towers: [fusion, text]}
 
 
 @dataclass
 class EvalConfig:
-    split: str = "test"
-    batch_size: int = 32
-    max_samples: int | None = None
-    max_new_tokens: int = 96
-    num_beams: int = 1
-    no_repeat_ngram_size: int = 0
-    repetition_penalty: float = 1.0
+    split: Split = "test"
+    batch_size: int = setting(32, min=1)
+    max_samples: int | None = setting(None, min=1)
+    max_new_tokens: int = setting(96, min=1)
+    num_beams: int = setting(1, min=1)
+    no_repeat_ngram_size: int = setting(0, min=0, note="0 = off")
+    repetition_penalty: float = setting(1.0, gt=0, note="1 = off")
     # report generation with a static KV cache and a compiled decode step (torch.compile through
     # generate): one compilation per batch shape first, then cheaper steps; README "Performance"
     compile_decoding: bool = False
-    bootstrap_resamples: int = 200
-    seed: int = 0
-    uncertain: str = "negative"  # how uncertain (-1) labels count in clinical efficacy
+    bootstrap_resamples: int = setting(200, min=1)
+    seed: int = setting(0, min=0)
+    # how uncertain (-1) labels count in clinical efficacy (medvlm.metrics.chexpert.efficacy)
+    uncertain: Literal["negative", "positive", "ignore"] = "negative"
 
 
 @dataclass
@@ -185,11 +283,24 @@ def _type_ok(value: Any, annotation: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if origin is Literal:
+        return any(value == choice and type(value) is type(choice) for choice in typing.get_args(annotation))
+    if origin is list and typing.get_args(annotation):
+        return isinstance(value, list) and all(_type_ok(v, typing.get_args(annotation)[0]) for v in value)
     return isinstance(value, origin or annotation)
 
 
 def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(_show(choice) for choice in typing.get_args(annotation))
+    if origin is list and typing.get_args(annotation):
+        return f"a list, each item {_type_name(typing.get_args(annotation)[0])}"
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _is_integer(annotation: Any) -> bool:
+    return _type_ok(1, annotation) and not _type_ok(1.5, annotation)
 
 
 def _default_of(cls, name: str) -> Any:
@@ -218,8 +329,9 @@ def _checked_value(full: str, value: Any, annotation: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and _type_ok(1.0, annotation) and not _type_ok(1, annotation):
         value = float(value)
     if not _type_ok(value, annotation):
+        shown = _show(value) if "Literal" in str(annotation) else f"{value!r} ({type(value).__name__})"
         raise ConfigError(
-            f"config key '{full}' must be {_type_name(annotation)}, got {value!r} ({type(value).__name__})"
+            f"config key '{full}' must be {_type_name(annotation)}, got {shown}"
             + (" - write floats like 1.0e-4: YAML reads 1e-4 as a string" if isinstance(value, str) and _type_ok(1.0, annotation) else "")
         )
     return float(value) if annotation is float else value
@@ -229,7 +341,8 @@ def _build(cls, values: dict, where: str):
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    metadata = {f.name: f.metadata for f in dataclasses.fields(cls)}
+    names = list(metadata)
     kwargs = {}
     for key, value in values.items():
         full = f"{where}.{key}".lstrip(".")
@@ -245,6 +358,9 @@ def _build(cls, values: dict, where: str):
         if isinstance(value, dict) and _type_ok({}, annotation):
             value = _merge(_default_of(cls, key), value)
         kwargs[key] = _checked_value(full, value, annotation)
+        if "schema" in metadata[key] and isinstance(kwargs[key], dict):
+            _build(metadata[key]["schema"], kwargs[key], full)  # checks its keys; the dict is kept
+        _check_rules(full, kwargs[key], {k: v for k, v in metadata[key].items() if k in RULES}, _is_integer(annotation))
     return cls(**kwargs)
 
 
@@ -258,24 +374,90 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key, line: int, first: int):
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+class _PresetLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a key written twice in one mapping (at any level) is an
+    error: PyYAML would keep the last one and silently drop the first."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, (str, int, float, bool)) and (type(key), key) in first:
+                    raise _DuplicateKey(key, line, first[(type(key), key)])
+                first.setdefault((type(key), key), line)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """YAML text -> data, the one way presets and override values are read. A syntax error or a
+    duplicate key is a ConfigError naming `source` (a file, an override) and the line."""
+    try:
+        return yaml.load(text, Loader=_PresetLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as dup:
+        raise ConfigError(f"{source}: duplicate key {dup.key!r} at line {dup.line}, first at line {dup.first}") from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(p for p in (error.context, error.problem) if p)
+        raise ConfigError(f"{source}{where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML ({error})") from None
+
+
+def _read_preset(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte {error.start}: 0x{data[error.start]:02x}); "
+                          "re-save the file as UTF-8") from None
+    tree = read_yaml(text, str(path)) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping with model/data/train/eval sections")
+    return tree
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like section.key=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    return key.strip(), read_yaml(raw, f"override '{text}'") if raw.strip() else None
+
+
+def _check_across_sections(cfg: RunConfig) -> RunConfig:
+    """Rules between keys of different sections (each key's own range is checked where it is read)."""
+    if cfg.model.architecture != "medvlm":
+        return cfg
+    text = cfg.model.values.get("text") or {}
+    for key in ("n_positions", "max_position_embeddings"):
+        positions = text.get(key)
+        if isinstance(positions, int) and positions < cfg.data.max_length:
+            raise ConfigError(f"config key 'data.max_length' ({cfg.data.max_length}) is more than the text tower's "
+                              f"positions (model.text.{key}={positions}); lower data.max_length or raise "
+                              f"model.text.{key}")
+    if cfg.model.contrastive_weight == 0 and cfg.model.caption_weight == 0:
+        raise ConfigError("config keys 'model.contrastive_weight' and 'model.caption_weight' are both 0: "
+                          "nothing would be trained")
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML preset (or start from defaults) and apply `section.key=value` overrides."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        tree = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: expected a mapping with model/data/train/eval sections")
+    tree: dict = _read_preset(Path(path)) if path is not None else {}
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
-    return _build(RunConfig, tree, "")
+    return _check_across_sections(_build(RunConfig, tree, ""))

@@ -41,6 +41,8 @@ class CheXNetConfig(PreTrainedConfig):
     derived_fields = {"label_names": "they are the dataset's labels",
                       "positive_fraction": "it is measured on the training split"}
     vision_keys = tuple(DEFAULT_VISION)
+    # what a run config may set each field to (read by medvlm.config; see MedVLMConfig.setting_ranges)
+    setting_ranges = {"dropout": {"min": 0, "lt": 1}, "initializer_range": {"gt": 0}, "vision.in_chans": {"min": 1}}
 
     vision: dict | None = None
     label_names: list | None = None

@@ -67,6 +67,16 @@ class MedVLMConfig(PreTrainedConfig):
         "eos_token_id": "it is the tokenizer's", "pad_token_id": "it is the tokenizer's",
     }
     vision_keys = tuple(DEFAULT_VISION)
+    # what a run config may set each field to (read by medvlm.config; rules: min / max inclusive,
+    # gt / lt exclusive, choices); "vision.<key>" is a key of the vision dict
+    setting_ranges = {
+        "fusion_layers": {"min": 1}, "fusion_heads": {"min": 1}, "fusion_mlp_ratio": {"gt": 0},
+        "dropout": {"min": 0, "lt": 1}, "embed_dim": {"min": 1}, "init_temperature": {"gt": 0},
+        "max_logit_scale": {"gt": 0}, "contrastive_weight": {"min": 0}, "caption_weight": {"min": 0},
+        "label_smoothing": {"min": 0, "lt": 1}, "initializer_range": {"gt": 0},
+        "vision.in_chans": {"min": 1}, "vision.token_reduction": {"min": 1},
+        "vision.pool_tokens": {"choices": (False, True, "mean", "max")},
+    }
 
     vision: dict | None = None
     text: dict | None = None
