@@ -6,6 +6,8 @@ sentencepiece learns the unigram vocabulary; the learnt pieces and scores are th
 beside it for provenance and for users of the sentencepiece library.
 """
 
+import contextlib
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -32,7 +34,7 @@ def train_sentencepiece(texts: Iterable[str], out_file: str | Path, vocab_size: 
         raise UserError("cannot train a tokenizer: the training split has no non-empty report text")
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _vocab_size_error(vocab_size):
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(texts),
             model_prefix=f"{tmp}/sp",
@@ -47,6 +49,21 @@ def train_sentencepiece(texts: Iterable[str], out_file: str | Path, vocab_size: 
         )
         shutil.move(f"{tmp}/sp.model", out_file)
     return out_file
+
+
+@contextlib.contextmanager
+def _vocab_size_error(vocab_size: int):
+    """sentencepiece's "vocabulary size is smaller than required_chars" as a UserError naming the
+    setting (the vocabulary must hold every character of the corpus plus the special tokens)."""
+    try:
+        yield
+    except RuntimeError as error:
+        needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(error))
+        if needed is None:
+            raise
+        raise UserError(f"data.tokenizer_vocab_size={vocab_size} is too small for the training reports: they use "
+                        f"{needed.group(1)} distinct characters and special tokens; set it to at least "
+                        f"{needed.group(1)}") from None
 
 
 def fast_tokenizer_from_sentencepiece(spm_file: str | Path, model_max_length: int = 256) -> PreTrainedTokenizerFast:

@@ -14,7 +14,7 @@ from medvlm.data.iu_xray import load_iu_xray
 from medvlm.data.mimic_cxr import load_mimic_cxr
 from medvlm.data.prepare import prepare_cache
 from medvlm.data.records import DataError, SkipLog, make_record
-from medvlm.data.tabular import load_tabular
+from medvlm.data.tables import load_tabular
 from medvlm.data.vqa import load_vqa_rad
 from medvlm.observations import CHEXPERT_OBSERVATIONS
 
@@ -233,7 +233,7 @@ def test_bad_cell_values_name_row_and_column(tmp_path):
     bad = ",".join(["0"] * 13 + ["yes"])
     (tmp_path / "t.csv").write_text(f"image,text,fold,{labels}\nok.png,a,train,{good}\nok.png,b,train,{bad}\n"
                                     f"ok.png,c,holdout,{good}\n")
-    with pytest.raises(DataError, match=r"t\.csv, row 2, column 'Support Devices': label value 'yes' is not one of"):
+    with pytest.raises(DataError, match=r"t\.csv, line 3, column 'Support Devices': label value 'yes' is not one of"):
         load_tabular(tmp_path / "t.csv", label_columns="chexpert")
     recs = load_tabular(tmp_path / "t.csv", label_columns="chexpert", split_column="fold", on_error="skip")
     assert [r["text"] for r in recs] == ["a"] and recs.skipped == {"bad_label": 1, "bad_split": 1}
@@ -241,7 +241,7 @@ def test_bad_cell_values_name_row_and_column(tmp_path):
 
 def test_non_utf8_csv_and_bad_jsonl(tmp_path):
     (tmp_path / "t.csv").write_bytes("image,text\nö.png,Größe\n".encode("latin-1"))
-    with pytest.raises(DataError, match=r"t\.csv: not UTF-8 text"):
+    with pytest.raises(DataError, match=r"t\.csv, line 2: not UTF-8 text \(byte 11: 0xf6\)"):
         load_tabular(tmp_path / "t.csv")
     (tmp_path / "t.jsonl").write_text('{"image": "a.png", "text": "x"}\n{"image": "b.png", "text": \n')
     with pytest.raises(DataError, match=r"t\.jsonl, line 2: not valid JSON"):

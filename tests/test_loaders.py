@@ -16,7 +16,7 @@ from medvlm.data.images import load_image
 from medvlm.data.iu_xray import load_iu_xray
 from medvlm.data.mimic_cxr import load_mimic_cxr
 from medvlm.data.records import RECORD_KEYS, VQA_KEYS, DataError, hash_split
-from medvlm.data.tabular import load_tabular
+from medvlm.data.tables import load_tabular
 from medvlm.data.vqa import load_slake, load_vqa_rad
 from medvlm.observations import CHEXPERT_OBSERVATIONS
 
@@ -427,7 +427,11 @@ def test_tabular_hf_dataset_object_and_saved(tmp_path):
     recs = load_tabular(dd, image_column="file", text_column="caption")
     assert [r["split"] for r in recs] == ["train", "train", "train", "test"]
     dd.save_to_disk(str(tmp_path / "saved"))
-    again = load_tabular(tmp_path / "saved", image_column="file", text_column="caption", split="test")
+    # the saved folder holds absolute paths to files outside it: allowed only when asked for
+    with pytest.raises(DataError, match=r"saved, row 1 of split 'test', column 'file': image path '/.*' is absolute"):
+        load_tabular(tmp_path / "saved", image_column="file", text_column="caption", split="test")
+    again = load_tabular(tmp_path / "saved", image_column="file", text_column="caption", split="test",
+                         allow_outside_root=True)
     assert [r["text"] for r in again] == ["Text 3."]
     assert len(load_tabular(ds, image_column="file", text_column="caption")) == 4
 

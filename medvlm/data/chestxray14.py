@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medvlm.data.records import DataError, SkipLog, check_split_arg, hash_split, make_record, read_table
+from medvlm.data.records import DataError, PathGuard, SkipLog, check_split_arg, hash_split, make_record
+from medvlm.data.tables import read_csv
 
 CHESTXRAY14_LABELS = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
@@ -39,7 +40,8 @@ def parse_finding_labels(cell: str, where: str = "") -> list[float]:
 
 
 def _image_index(root: Path, images_dir) -> dict[str, Path] | Path:
-    """A folder holding every image, or (Kaggle layout) a name -> path map over images_*/images."""
+    """A folder holding every image, or (Kaggle layout) a name -> path map over images_*/images
+    (paths relative to root)."""
     if images_dir is not None:
         return Path(images_dir)
     if (root / "images").is_dir():
@@ -47,7 +49,7 @@ def _image_index(root: Path, images_dir) -> dict[str, Path] | Path:
     index = {}
     for folder in sorted(root.glob("images_*/images")):
         for path in folder.iterdir():
-            index[path.name] = path
+            index[path.name] = path.relative_to(root)
     if not index:
         raise DataError(f"{root}: no images/ folder and no images_*/images folders", path=root, reason="missing_file")
     return index
@@ -68,25 +70,28 @@ def load_chestxray14(
     views=None,
     images_dir=None,
     require_images: bool = True,
+    allow_outside_root: bool = False,
 ) -> list[dict]:
     """ChestX-ray14 images as records with 14 NIH labels (see the module docstring).
 
     Options: validation_fraction (with the official lists), split_fractions (without them),
     split_seed, views (e.g. ["PA"]: keep these `View Position` values), images_dir (a folder
-    holding every image), require_images (check each file exists).
+    holding every image), require_images (check each file exists), allow_outside_root (let an
+    `Image Index` name, or a link in the image folders, lead out of them).
     """
     root = Path(root)
     splits = check_split_arg(split)
-    table = read_table(root / ENTRY_FILE, REQUIRED_COLUMNS)
+    table = read_csv(root / ENTRY_FILE, REQUIRED_COLUMNS)
     images = _image_index(root, images_dir)
+    guard = PathGuard(images if isinstance(images, Path) else root, allow_outside_root)
     test_list = _read_list(root / "test_list.txt")
     official = test_list is not None and (root / "train_val_list.txt").is_file()
     views = None if views is None else {str(v).upper() for v in ([views] if isinstance(views, str) else views)}
     log = SkipLog(on_error, source=f"chestxray14({root})")
     records = []
-    for i, row in enumerate(table.to_dict("records")):
+    for i, row in enumerate(table.rows):
         name, patient = row["Image Index"].strip(), row["Patient ID"].strip()
-        where = f"{root / ENTRY_FILE}, row {i + 2} ({name})"
+        where = table.where(i, "Image Index")
         if views is not None and row.get("View Position", "").strip().upper() not in views:
             log.drop("view_filtered")
             continue
@@ -98,10 +103,11 @@ def load_chestxray14(
         if splits is not None and row_split not in splits:
             continue
         try:
-            labels = parse_finding_labels(row["Finding Labels"], where)
-            path = images / name if isinstance(images, Path) else images.get(name)
+            labels = parse_finding_labels(row["Finding Labels"], table.where(i, "Finding Labels"))
+            rel = name if isinstance(images, Path) else images.get(name)
+            path = None if rel is None else guard(rel, where=where)
             if path is None or (require_images and not path.is_file()):
-                raise DataError(f"{where}: image file not found", path=path, reason="missing_file")
+                raise DataError(f"{where}: image file {name!r} not found", path=path, reason="missing_file")
         except DataError as err:
             log.skip(err)
             continue

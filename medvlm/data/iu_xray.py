@@ -30,9 +30,9 @@ from pathlib import Path
 
 from medvlm.data.images import check_image_file
 from medvlm.data.records import (
-    DataError, SkipLog, canonical_split, check_fractions, check_split_arg, hash_split, make_record,
-    read_json, read_table,
+    DataError, PathGuard, SkipLog, canonical_split, check_fractions, check_split_arg, hash_split, make_record,
 )
+from medvlm.data.tables import read_csv, read_json
 from medvlm.data.reports import DEID_POLICIES, TARGET_SECTIONS, clean_report, compose_target
 from medvlm.errors import UserError
 
@@ -56,6 +56,7 @@ def load_iu_xray(
     verify_images: bool = False,
     split_fractions=(0.7, 0.1, 0.2),
     split_seed: int = 0,
+    allow_outside_root: bool = False,
 ) -> list[dict]:
     """IU X-ray records, one per image.
 
@@ -73,6 +74,8 @@ def load_iu_xray(
         images (the paths are still filled in).
       verify_images: also decode every image (slow; finds corrupt files up front).
       split_fractions, split_seed: the hash split of the openi layout (see module docstring).
+      allow_outside_root: let image paths in the metadata be absolute or lead out of the image
+        folder (by default such an image is a bad item).
     """
     root = Path(root)
     splits = check_split_arg(split)
@@ -99,7 +102,7 @@ def load_iu_xray(
                 verify_images=verify_images, log=log)
     if layout == "r2gen":
         images = Path(images_dir) if images_dir is not None else root / "images"
-        records = _load_r2gen(root / "annotation.json", images, **opts)
+        records = _load_r2gen(root / "annotation.json", PathGuard(images, allow_outside_root), **opts)
     elif layout == "openi":
         if images_dir is not None:
             images = Path(images_dir)
@@ -107,7 +110,8 @@ def load_iu_xray(
             images = root / "images" / "images_normalized"
         else:
             images = root / "images"
-        records = _load_openi(root, images, fractions=split_fractions, seed=split_seed, **opts)
+        records = _load_openi(root, PathGuard(images, allow_outside_root), fractions=split_fractions,
+                              seed=split_seed, **opts)
     else:
         raise UserError(f"layout must be 'auto', 'r2gen' or 'openi', got {layout!r}")
     return log.finish(records)
@@ -143,7 +147,7 @@ def _image_ok(path: Path, require: bool, verify: bool, log: SkipLog) -> bool:
     return True
 
 
-def _load_r2gen(annotation: Path, images: Path, *, splits, views, target_section, empty_findings,
+def _load_r2gen(annotation: Path, images: PathGuard, *, splits, views, target_section, empty_findings,
                 deid, require_images, verify_images, log) -> list[dict]:
     data = read_json(annotation)
     if not isinstance(data, dict):
@@ -159,6 +163,9 @@ def _load_r2gen(annotation: Path, images: Path, *, splits, views, target_section
         for i, item in enumerate(items):
             where = f"{annotation}, {key}[{i}]"
             try:
+                if not isinstance(item, dict):
+                    raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}",
+                                    path=annotation, reason="bad_field")
                 missing = [f for f in ("id", "report", "image_path") if f not in item]
                 if missing:
                     raise DataError(f"{where}: missing field(s) {missing}; the item has {sorted(item)}",
@@ -166,7 +173,7 @@ def _load_r2gen(annotation: Path, images: Path, *, splits, views, target_section
                 paths = item["image_path"]
                 if isinstance(paths, str):
                     paths = [paths]
-                if not isinstance(paths, list) or not paths:
+                if not isinstance(paths, list) or not paths or not all(isinstance(x, str) for x in paths):
                     raise DataError(f"{where}: image_path must be a non-empty list of paths",
                                     path=annotation, reason="bad_field")
                 if not isinstance(item["report"], str):
@@ -183,7 +190,11 @@ def _load_r2gen(annotation: Path, images: Path, *, splits, views, target_section
                 view = _R2GEN_VIEWS[position] if position < 2 else ""
                 if views != "both" and view != views.upper():
                     continue
-                image = images / rel
+                try:
+                    image = images(rel, where=f"{where}, image_path[{position}]")
+                except DataError as err:
+                    log.skip(err)
+                    continue
                 if not _image_ok(image, require_images, verify_images, log):
                     continue
                 records.append(make_record(
@@ -193,7 +204,7 @@ def _load_r2gen(annotation: Path, images: Path, *, splits, views, target_section
     return records
 
 
-def _load_openi(root: Path, images: Path, *, fractions, seed, splits, views, target_section,
+def _load_openi(root: Path, images: PathGuard, *, fractions, seed, splits, views, target_section,
                 empty_findings, deid, require_images, verify_images, log) -> list[dict]:
     reports_path = root / "indiana_reports.csv"
     projections_path = root / "indiana_projections.csv"
@@ -201,21 +212,22 @@ def _load_openi(root: Path, images: Path, *, fractions, seed, splits, views, tar
         if not path.is_file():
             raise DataError(f"{path}: not found; the Open-i layout needs indiana_reports.csv and "
                             "indiana_projections.csv", path=path, reason="missing_file")
-    reports = read_table(reports_path, ["uid", "findings", "impression"])
-    projections = read_table(projections_path, ["uid", "filename", "projection"])
-    by_uid: dict[str, list[tuple[str, str]]] = {}
-    for i, row in enumerate(projections.itertuples(index=False)):
-        projection = row.projection.strip().upper()
+    reports = read_csv(reports_path, ["uid", "findings", "impression"])
+    projections = read_csv(projections_path, ["uid", "filename", "projection"])
+    by_uid: dict[str, list[tuple[str, str, str]]] = {}
+    for i, row in enumerate(projections.rows):
+        projection = row["projection"].strip().upper()
         if projection not in ("FRONTAL", "LATERAL"):
-            log.skip(DataError(f"{projections_path}, row {i + 1}: projection {row.projection!r}; "
+            log.skip(DataError(f"{projections.where(i, 'projection')}: {row['projection']!r}; "
                                "expected Frontal or Lateral", path=projections_path,
                                reason="bad_field"))
             continue
-        by_uid.setdefault(row.uid.strip(), []).append((row.filename.strip(), projection))
+        by_uid.setdefault(row["uid"].strip(), []).append(
+            (row["filename"].strip(), projection, projections.where(i, "filename")))
 
     records = []
-    for row in reports.itertuples(index=False):
-        uid = row.uid.strip()
+    for row in reports.rows:
+        uid = row["uid"].strip()
         row_split = hash_split(uid, fractions, seed)
         if splits is not None and row_split not in splits:
             continue
@@ -223,15 +235,19 @@ def _load_openi(root: Path, images: Path, *, fractions, seed, splits, views, tar
         if not files:
             log.drop("no_images")
             continue
-        findings = clean_report(row.findings, deid=deid)
-        impression = clean_report(row.impression, deid=deid)
+        findings = clean_report(row["findings"], deid=deid)
+        impression = clean_report(row["impression"], deid=deid)
         text = _target(findings, impression, target_section, empty_findings, log)
         if text is None:
             continue
-        for filename, projection in files:
+        for filename, projection, where in files:
             if views != "both" and projection != views.upper():
                 continue
-            image = images / filename
+            try:
+                image = images(filename, where=where)
+            except DataError as err:
+                log.skip(err)
+                continue
             if not _image_ok(image, require_images, verify_images, log):
                 continue
             records.append(make_record(

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from medvlm.data.images import check_image_file
 from medvlm.data.records import (
-    DataError, SkipLog, canonical_split, check_split_arg, labels_from_mapping, make_record,
-    read_table,
+    DataError, PathGuard, SkipLog, canonical_split, check_split_arg, labels_from_mapping, make_record,
 )
+from medvlm.data.tables import read_csv
 from medvlm.data.reports import TARGET_SECTIONS, compose_target, decode_report, extract_sections
 from medvlm.errors import UserError
 from medvlm.observations import CHEXPERT_OBSERVATIONS
@@ -44,8 +44,9 @@ def find_table(root: Path, name: str, *, required: bool = True) -> Path | None:
 class ReportSource:
     """Reads `files/pXX/pSUBJECT/sSTUDY.txt` from a directory or from mimic-cxr-reports.zip."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, allow_outside_root: bool = False):
         self.path = path
+        self.guard = PathGuard(path, allow_outside_root)
         self.zip = None
         self.members: dict[str, str] = {}
         if path.is_file():
@@ -64,9 +65,9 @@ class ReportSource:
                             "or mimic-cxr-reports.zip (option reports_path)", path=path,
                             reason="missing_file")
 
-    def read(self, rel: str) -> str:
+    def read(self, rel: str, where: str = "") -> str:
         if self.zip is None:
-            file = self.path / rel
+            file = self.guard(rel, where=where or str(self.path), what="report path")
             try:
                 data = file.read_bytes()
             except FileNotFoundError:
@@ -113,6 +114,7 @@ def load_mimic_cxr(
     require_images: bool = True,
     deid_tokens: str = "drop",
     verify_images: bool = False,
+    allow_outside_root: bool = False,
 ) -> list[dict]:
     """MIMIC-CXR-JPG records, one per image (or per study with ``images_per_study="one"``).
 
@@ -133,6 +135,8 @@ def load_mimic_cxr(
       require_images: check that every image file exists and is not empty (a stat per image).
       verify_images: also decode every image (slow; finds truncated/corrupt files up front).
       deid_tokens: "drop" (default) removes the "___" blanks, "keep" leaves them.
+      allow_outside_root: let the ids in the metadata files name image or report paths outside
+        `images_root` / the reports folder (by default such an item is a bad item).
     """
     root = Path(root)
     log = SkipLog(on_error, source=f"mimic_cxr({root})")
@@ -144,12 +148,13 @@ def load_mimic_cxr(
         raise UserError(f"target_section must be one of {TARGET_SECTIONS}, got {target_section!r}")
     if label_source not in ("chexpert", "negbio", None):
         raise UserError(f"label_source must be 'chexpert', 'negbio' or None, got {label_source!r}")
-    images_root = Path(images_root) if images_root is not None else root
+    images_root = PathGuard(Path(images_root) if images_root is not None else root, allow_outside_root)
 
-    split_path, split_df, meta_path, view_of = _read_metadata(root)
+    split_path, split_table, meta_path, view_of = _read_metadata(root)
     labels_of, bad_labels = _read_labels(root, label_source, log)
-    studies = _studies(split_path, split_df, meta_path, view_of, splits, views, log)
-    reports = ReportSource(Path(reports_path) if reports_path is not None else _default_reports(root))
+    studies = _studies(split_path, split_table, meta_path, view_of, splits, views, log)
+    reports = ReportSource(Path(reports_path) if reports_path is not None else _default_reports(root),
+                           allow_outside_root)
     preference = (views or ()) + tuple(v for v in _VIEW_PREFERENCE if v not in (views or ()))
     rank = {v: k for k, v in enumerate(preference)}
     records = []
@@ -173,11 +178,11 @@ def _read_metadata(root: Path):
     """(split file, its table, metadata file, {dicom_id: upper-case ViewPosition}); either file
     missing is a DataError."""
     split_path = find_table(root, f"{PREFIX}-split.csv")
-    split_df = read_table(split_path, ["dicom_id", "study_id", "subject_id", "split"])
+    split_table = read_csv(split_path, ["dicom_id", "study_id", "subject_id", "split"])
     meta_path = find_table(root, f"{PREFIX}-metadata.csv")
-    meta_df = read_table(meta_path, ["dicom_id", "ViewPosition"])
-    view_of = dict(zip(meta_df["dicom_id"], meta_df["ViewPosition"].str.strip().str.upper()))
-    return split_path, split_df, meta_path, view_of
+    meta_table = read_csv(meta_path, ["dicom_id", "ViewPosition"])
+    view_of = {row["dicom_id"]: row["ViewPosition"].strip().upper() for row in meta_table.rows}
+    return split_path, split_table, meta_path, view_of
 
 
 def _read_labels(root: Path, label_source: str | None, log: SkipLog) -> tuple[dict, set]:
@@ -188,49 +193,48 @@ def _read_labels(root: Path, label_source: str | None, log: SkipLog) -> tuple[di
     label_path = find_table(root, f"{PREFIX}-{label_source}.csv", required=False)
     if label_path is None:
         return labels_of, bad_labels
-    label_df = read_table(label_path, ["subject_id", "study_id", *CHEXPERT_OBSERVATIONS])
-    for i, row in enumerate(label_df.to_dict("records")):
+    label_table = read_csv(label_path, ["subject_id", "study_id", *CHEXPERT_OBSERVATIONS])
+    for i, row in enumerate(label_table.rows):
         try:
-            labels_of[row["study_id"]] = labels_from_mapping(
-                row, CHEXPERT_OBSERVATIONS, where=f"{label_path}, row {i + 1}")
+            labels_of[row["study_id"]] = labels_from_mapping(row, CHEXPERT_OBSERVATIONS, where=label_table.where(i))
         except DataError as err:
             log.skip(err)
             bad_labels.add(row["study_id"])
     return labels_of, bad_labels
 
 
-def _studies(split_path: Path, split_df, meta_path: Path, view_of: dict, splits, views, log: SkipLog) -> dict:
+def _studies(split_path: Path, split_table, meta_path: Path, view_of: dict, splits, views, log: SkipLog) -> dict:
     """The split file's images grouped by study, in file order: {study_id: [(dicom_id, subject_id,
-    view, split), ...]}, keeping the requested splits and views."""
-    studies: dict[str, list[tuple[str, str, str, str]]] = {}
-    for i, row in enumerate(split_df.itertuples(index=False)):
-        where = f"{split_path}, row {i + 1}"
+    view, split, where), ...]}, keeping the requested splits and views (`where`: its line)."""
+    studies: dict[str, list[tuple[str, str, str, str, str]]] = {}
+    for i, row in enumerate(split_table.rows):
+        where = split_table.where(i)
         try:
-            row_split = canonical_split(row.split, where=where)
+            row_split = canonical_split(row["split"], where=where)
         except DataError as err:
             log.skip(err)
             continue
         if splits is not None and row_split not in splits:
             continue
-        if row.dicom_id not in view_of:
-            log.skip(DataError(f"{where}: dicom_id {row.dicom_id!r} is not in {meta_path.name}",
+        if row["dicom_id"] not in view_of:
+            log.skip(DataError(f"{where}: dicom_id {row['dicom_id']!r} is not in {meta_path.name}",
                                path=split_path, reason="missing_metadata"))
             continue
-        view = view_of[row.dicom_id]
+        view = view_of[row["dicom_id"]]
         if views is not None and view not in views:
             log.drop("view_filtered")
             continue
-        studies.setdefault(row.study_id, []).append((row.dicom_id, row.subject_id, view, row_split))
+        studies.setdefault(row["study_id"], []).append((row["dicom_id"], row["subject_id"], view, row_split, where))
     return studies
 
 
-def _study_records(study_id: str, subject_id: str, images, reports: ReportSource, labels, images_root: Path,
+def _study_records(study_id: str, subject_id: str, images, reports: ReportSource, labels, images_root: PathGuard,
                    log: SkipLog, *, target_section: str, drop_missing_target: bool, deid_tokens: str,
                    check_images: bool, decode_images: bool) -> list[dict]:
     """The records of one study's kept images (none when its report or every image is bad)."""
     folder = f"files/p{subject_id[:2]}/p{subject_id}"
     try:
-        sections = extract_sections(reports.read(f"{folder}/s{study_id}.txt"), deid=deid_tokens)
+        sections = extract_sections(reports.read(f"{folder}/s{study_id}.txt", where=images[0][4]), deid=deid_tokens)
     except DataError as err:
         log.skip(err)
         return []
@@ -239,14 +243,14 @@ def _study_records(study_id: str, subject_id: str, images, reports: ReportSource
         log.drop("missing_target", len(images))
         return []
     records = []
-    for dicom_id, _, view, row_split in images:
-        image = images_root / folder / f"s{study_id}" / f"{dicom_id}.jpg"
-        if check_images:
-            try:
+    for dicom_id, _, view, row_split, where in images:
+        try:
+            image = images_root(f"{folder}/s{study_id}/{dicom_id}.jpg", where=where)
+            if check_images:
                 check_image_file(image, decode=decode_images)
-            except DataError as err:
-                log.skip(err)
-                continue
+        except DataError as err:
+            log.skip(err)
+            continue
         records.append(make_record(
             image=str(image), text=text, findings=sections["findings"],
             impression=sections["impression"], study_id=study_id, subject_id=subject_id,

@@ -18,7 +18,8 @@ Bad input. A loader meets two kinds of problems:
 - structural ones (a metadata file or a required column is missing, an option has a value it does
   not know): these always raise `DataError`, because no record could be trusted;
 - per-item ones (a missing, empty, truncated or corrupt image, an empty or non-UTF-8 report, a
-  row with an unreadable value): these raise `DataError` under ``on_error="raise"`` (the
+  row with an unreadable value, an image path that leads out of the dataset's root, see
+  `PathGuard`): these raise `DataError` under ``on_error="raise"`` (the
   default), and under ``on_error="skip"`` the item is left out, counted by reason in a `SkipLog`
   and summarised with one ``logging.warning`` when loading ends.
 
@@ -32,8 +33,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import json
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -49,6 +50,9 @@ RECORD_KEYS = (
 VQA_KEYS = ("question", "answer", "answer_type", "qid")
 SPLITS = ("train", "validation", "test")
 ON_ERROR = ("raise", "skip")
+# items left out without an error that still deserve a warning (the user may not expect them
+# gone), and how the summary says so
+WARNED_DROPS = {"empty_report": "{n} row{s} with an empty report skipped"}
 
 # Spellings of split names met in the wild -> our three names.
 _SPLIT_ALIASES = {
@@ -150,21 +154,25 @@ class SkipLog:
             )
             for reason, examples in sorted(self.examples.items()):
                 parts.extend(f"  e.g. [{reason}] {e}" for e in examples)
-        if self.dropped:
+        parts.extend(WARNED_DROPS[k].format(n=n, s="" if n == 1 else "s")
+                     for k, n in sorted(self.dropped.items()) if k in WARNED_DROPS)
+        by_option = {k: n for k, n in self.dropped.items() if k not in WARNED_DROPS}
+        if by_option:
             parts.append(
-                f"dropped {sum(self.dropped.values())} item(s) by option: "
-                + ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items()))
+                f"dropped {sum(by_option.values())} item(s) by option: "
+                + ", ".join(f"{k}={v}" for k, v in sorted(by_option.items()))
             )
         return "\n".join(parts)
 
     def finish(self, records: Iterable[dict]) -> RecordList:
         """Wrap `records` in a RecordList carrying the tallies and log the summary once.
 
-        One logging.warning when bad items were skipped; logging.info when items were only
-        dropped by options (filters are not a problem worth a warning).
+        One logging.warning when bad items were skipped (or items in WARNED_DROPS, such as rows
+        with an empty report, were left out); logging.info when items were only dropped by
+        options (filters are not a problem worth a warning).
         """
         out = RecordList(records, self.skipped, self.dropped)
-        if self.skipped:  # bad input: a warning
+        if self.skipped or set(self.dropped) & set(WARNED_DROPS):  # bad or missing input: a warning
             logger.warning("%s: loaded %d record(s); %s", self.source, len(out), self.summary())
         elif self.dropped:  # only what the options asked for: for the record
             logger.info("%s: loaded %d record(s); %s", self.source, len(out), self.summary())
@@ -284,59 +292,65 @@ def labels_from_mapping(row, columns: Sequence[str], *, where: str) -> list[floa
     return [parse_label(row[c], where=f"{where}, column {c!r}") for c in columns]
 
 
-# --------------------------------------------------------------------------- metadata files
+# --------------------------------------------------------------------------- paths from files
 
 
-def read_table(path, required_columns=(), *, sep=","):
-    """A CSV (.csv or .csv.gz) with every column as str (blank -> "").
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
-    A missing or unparsable file, or a missing column, is a DataError; the message lists the
-    columns the file does have.
+
+class PathGuard:
+    """Paths read from a dataset's own files (a CSV cell, a JSON field, an id that names a folder),
+    joined to the dataset's root so that they stay inside it.
+
+        guard = PathGuard(root)                 # allow_outside=True: data.allow_outside_root
+        image = guard(rel, where="t.csv, line 7, column 'image'")   # root / rel, or a DataError
+
+    A path that is absolute, or that leads out of the root once `..` and symbolic links are
+    resolved (a link inside the root pointing elsewhere counts), is a DataError (reason
+    "outside_root", so ``on_error="skip"`` can count it) naming `where` and the path. Folders
+    are resolved once each, so a large dataset costs about one `lstat` per path.
     """
-    import pandas as pd
 
-    path = Path(path)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found", path=path, reason="missing_file") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err})", path=path, reason="not_utf8") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as err:
-        raise DataError(f"{path}: cannot parse CSV ({err})", path=path, reason="bad_table") from None
-    missing = [c for c in required_columns if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; the file has columns {list(df.columns)}",
-                        path=path, reason="missing_column")
-    return df
+    def __init__(self, root, allow_outside: bool = False):
+        self.root = Path(root)
+        self.allow_outside = bool(allow_outside)
+        self._real_root: str | None = None
+        self._folders: dict[str, bool] = {}
 
+    def __call__(self, rel, *, where: str, what: str = "image path") -> Path:
+        rel_path = Path(str(rel))
+        if rel_path.is_absolute():
+            if self.allow_outside:
+                return rel_path
+            raise DataError(f"{where}: {what} {str(rel)!r} is absolute; paths in a dataset's files must be "
+                            f"relative to its root {self.root} (data.allow_outside_root: true allows it)",
+                            path=str(rel), reason="outside_root")
+        path = self.root / rel_path
+        if not self.allow_outside and not self._inside(path, ".." in rel_path.parts):
+            raise DataError(f"{where}: {what} {str(rel)!r} leads outside the dataset root {self.root} "
+                            "(through '..' or a symbolic link; data.allow_outside_root: true allows it)",
+                            path=str(rel), reason="outside_root")
+        return path
 
+    def _inside(self, path: Path, dotdot: bool) -> bool:
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.root)
+            self._folders[str(self.root)] = self._real_root
+        if dotdot:
+            return _within(os.path.realpath(path), self._real_root)
+        return _within(self._real(str(path), folder=False), self._real_root)
 
-
-def read_json(path, *, lines: bool = False):
-    """A UTF-8 JSON file (or JSON Lines with ``lines=True``: a list of objects); DataError if not."""
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found", path=path, reason="missing_file") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err})", path=path, reason="not_utf8") from None
-    if not lines:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: not valid JSON ({err})", path=path, reason="bad_table") from None
-    rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}, line {n}: not valid JSON ({err})", path=path,
-                            reason="bad_table") from None
-        if not isinstance(rows[-1], dict):
-            raise DataError(f"{path}, line {n}: expected a JSON object, got "
-                            f"{type(rows[-1]).__name__}", path=path, reason="bad_table")
-    return rows
+    def _real(self, path: str, folder: bool = True) -> str:
+        """realpath(path), with the real paths of folders cached: a folder that is no link is its
+        real parent plus its name (one lstat), so a whole dataset costs about one lstat per path."""
+        if path in self._folders:
+            return self._folders[path]
+        parent, name = os.path.split(path)
+        if os.path.islink(path) or not name or parent == path:
+            real = os.path.realpath(path)
+        else:
+            real = os.path.join(self._real(parent), name)
+        if folder:
+            self._folders[path] = real
+        return real

@@ -47,18 +47,23 @@ def _loader(name: str):
         from .chestxray14 import load_chestxray14
         return load_chestxray14
     if name in ("csv", "jsonl", "hf"):
-        from .tabular import load_tabular
+        from .tables import load_tabular
         return load_tabular
     raise UserError(f"data.dataset: unknown dataset '{name}'; expected one of "
                     "synthetic, mimic_cxr, iu_xray, vqa_rad, slake, chestxray14, csv, jsonl, hf")
 
 
 def load_split(dataset: str, split: str, root: str | None = None, image_size: int = 128,
-               on_error: str = "raise", options: dict | None = None) -> list[dict]:
-    """Records of one split ("train", "validation" or "test") of the configured dataset."""
+               on_error: str = "raise", options: dict | None = None,
+               allow_outside_root: bool = False) -> list[dict]:
+    """Records of one split ("train", "validation" or "test") of the configured dataset.
+    `allow_outside_root` (data.allow_outside_root) lets image paths in the dataset's files be
+    absolute or lead out of its root; by default such an item is a DataError."""
     if split not in SPLITS:
         raise UserError(f"split must be one of {SPLITS}, got '{split}'")
     options = dict(options or {})
+    if "allow_outside_root" in options:
+        raise UserError("data.options.allow_outside_root: it is data.allow_outside_root (a data setting)")
     if dataset == "synthetic":
         return _synthetic(root, split, image_size, on_error, **options)
     if root is None:
@@ -67,7 +72,7 @@ def load_split(dataset: str, split: str, root: str | None = None, image_size: in
         raise UserError(f"data.root: {root} does not exist")
     loader = _loader(dataset)
     _check_options(dataset, loader, options)
-    return loader(root, split=split, on_error=on_error, **options)
+    return loader(root, split=split, on_error=on_error, allow_outside_root=allow_outside_root, **options)
 
 
 def _check_options(dataset: str, loader, options: dict) -> None:
@@ -76,7 +81,7 @@ def _check_options(dataset: str, loader, options: dict) -> None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
     known = [name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-             and name not in ("split", "on_error")]
+             and name not in ("split", "on_error", "allow_outside_root")]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise UserError(f"data.options: unknown option(s) {unknown} for dataset '{dataset}'; known: {known}")

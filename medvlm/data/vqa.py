@@ -30,9 +30,8 @@ import re
 from pathlib import Path
 
 from medvlm.data.images import check_image_file
-from medvlm.data.records import (
-    DataError, SkipLog, check_split_arg, hash_split, make_record, read_json,
-)
+from medvlm.data.records import DataError, PathGuard, SkipLog, check_split_arg, hash_split, make_record
+from medvlm.data.tables import read_json
 from medvlm.errors import UserError
 
 VQA_RAD_JSON = "VQA_RAD Dataset Public.json"
@@ -78,6 +77,15 @@ class _ImageCheck:
             raise self.seen[path]
 
 
+def _check_texts(item: dict, where: str, path) -> None:
+    """The question must be text, the answer text or a number (VQA-RAD has numeric answers)."""
+    for key, numbers in (("question", False), ("answer", True)):
+        value = item[key]
+        if not (isinstance(value, str) or numbers and isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise DataError(f"{where}, field {key!r}: expected text, got {type(value).__name__} {value!r:.60}",
+                            path=path, reason="bad_field")
+
+
 def _vqa_record(*, image, question, answer, answer_type, qid, study_id, split) -> dict:
     answer = str(answer).strip()
     return make_record(
@@ -102,6 +110,7 @@ def load_vqa_rad(
     verify_images: bool = False,
     json_name: str = VQA_RAD_JSON,
     images_dir=None,
+    allow_outside_root: bool = False,
 ) -> list[dict]:
     """VQA-RAD questions as VQA records (one per question).
 
@@ -111,6 +120,7 @@ def load_vqa_rad(
       validation_fraction: share of training images moved to "validation" (default 0: none).
       require_images / verify_images: check each image exists (and decodes).
       json_name, images_dir: file and folder names if they differ from the OSF release.
+      allow_outside_root: let `image_name` be absolute or lead out of the image folder.
     """
     root = Path(root)
     splits = check_split_arg(split)
@@ -121,7 +131,7 @@ def load_vqa_rad(
     organs = None if organs is None else {str(o).strip().upper() for o in
                                           ([organs] if isinstance(organs, str) else organs)}
     json_path = root / json_name
-    images = Path(images_dir) if images_dir is not None else root / VQA_RAD_IMAGES
+    images = PathGuard(Path(images_dir) if images_dir is not None else root / VQA_RAD_IMAGES, allow_outside_root)
     items = read_json(json_path)
     if not isinstance(items, list):
         raise DataError(f"{json_path}: expected a list of questions, got {type(items).__name__}",
@@ -133,6 +143,7 @@ def load_vqa_rad(
         where = f"{json_path}, item {i} (qid {item.get('qid') if isinstance(item, dict) else '?'})"
         try:
             _require(item, ("qid", "image_name", "question", "answer", "answer_type"), where, json_path)
+            _check_texts(item, where, json_path)
             if organs is not None and str(item.get("image_organ", "")).strip().upper() not in organs:
                 log.drop("organ_filtered")
                 continue
@@ -147,7 +158,7 @@ def load_vqa_rad(
                 item_split = "train"
             if splits is not None and item_split not in splits:
                 continue
-            image = images / image_name
+            image = images(image_name, where=f"{where}, field 'image_name'")
             check(image)
         except DataError as err:
             log.skip(err)
@@ -178,6 +189,7 @@ def load_slake(
     require_images: bool = True,
     verify_images: bool = False,
     images_dir=None,
+    allow_outside_root: bool = False,
 ) -> list[dict]:
     """SLAKE questions as VQA records (one per question).
 
@@ -188,6 +200,7 @@ def load_slake(
       chest_only: keep only images whose `location` is Chest* or Lung.
       require_images / verify_images: check each image exists (and decodes).
       images_dir: image folder (default root/imgs).
+      allow_outside_root: let `img_name` be absolute or lead out of the image folder.
     """
     root = Path(root)
     splits = check_split_arg(split)
@@ -195,7 +208,7 @@ def load_slake(
                                                 ([languages] if isinstance(languages, str) else languages)}
     modalities = None if modality_filter is None else {
         _norm_tag(m) for m in ([modality_filter] if isinstance(modality_filter, str) else modality_filter)}
-    images = Path(images_dir) if images_dir is not None else root / "imgs"
+    images = PathGuard(Path(images_dir) if images_dir is not None else root / "imgs", allow_outside_root)
     log = SkipLog(on_error, source=f"slake({root})")
     check = _ImageCheck(require_images, verify_images)
     records = []
@@ -211,6 +224,7 @@ def load_slake(
             where = f"{json_path}, item {i} (qid {item.get('qid') if isinstance(item, dict) else '?'})"
             try:
                 _require(item, ("qid", "img_name", "question", "answer", "answer_type"), where, json_path)
+                _check_texts(item, where, json_path)
                 if languages is not None and str(item.get("q_lang", "en")).strip().lower() not in languages:
                     log.drop("language_filtered")
                     continue
@@ -221,7 +235,7 @@ def load_slake(
                     log.drop("location_filtered")
                     continue
                 answer_type = _answer_type(item["answer_type"], where, json_path)
-                image = images / str(item["img_name"]).strip()
+                image = images(str(item["img_name"]).strip(), where=f"{where}, field 'img_name'")
                 check(image)
             except DataError as err:
                 log.skip(err)
