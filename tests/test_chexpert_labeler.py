@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from medvlm.cli import label_main  # `medvlm label`: data.tables reads the file, metrics label it
+from medvlm.data.tables import read_reports
 from medvlm.errors import UserError
-from medvlm.metrics.chexpert import (clinical_efficacy, label_file, label_main, label_report, label_reports,
-                                     read_reports)
+from medvlm.metrics.chexpert import clinical_efficacy, label_report, label_reports, write_labels_csv
 from medvlm.observations import CHEXPERT_OBSERVATIONS as OBS
 
 NAN = float("nan")
@@ -142,6 +143,14 @@ def _check_output(path):
     assert dict(zip(header, rows[2]))["No Finding"] == "1.0"
 
 
+def label_file(source, out_csv):
+    """What `medvlm label` does with a file: read it (data.tables), label, write the CSV."""
+    reports = read_reports(source)
+    labels = label_reports(reports)
+    write_labels_csv(reports, labels, out_csv)
+    return labels
+
+
 def test_label_file_txt(tmp_path):
     source = tmp_path / "reports.txt"
     source.write_text("\n".join(REPORTS) + "\n\n")
@@ -178,9 +187,9 @@ def test_csv_without_report_column_names_the_columns(tmp_path):
 
 
 @pytest.mark.parametrize("line, expected", [
-    ('{"id": 1}', r"bad\.jsonl:2: no 'report' or 'text' key \(keys: id\)"),
-    ("{not json", r"bad\.jsonl:2: not valid JSON"),
-    ('"a report"', r"bad\.jsonl:2: expected a JSON object .* found str"),
+    ('{"id": 1}', r"bad\.jsonl, line 2: no 'report' or 'text' field \(fields: id\)"),
+    ("{not json", r"bad\.jsonl, line 2: not valid JSON"),
+    ('"a report"', r"bad\.jsonl, line 2: expected a JSON object .* got a string \('a report'\)"),
 ])
 def test_bad_jsonl_line_names_file_and_line(tmp_path, line, expected):
     source = tmp_path / "bad.jsonl"
@@ -190,9 +199,9 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path, line, expected):
 
 
 def test_unreadable_reports_file_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match=r"missing\.txt: cannot read"):
+    with pytest.raises(UserError, match=r"missing\.txt: file not found"):
         read_reports(tmp_path / "missing.txt")
-    with pytest.raises(UserError, match=r"reports\.txt: not UTF-8"):
+    with pytest.raises(UserError, match=r"reports\.txt, line 1: not UTF-8"):
         (tmp_path / "reports.txt").write_bytes(b"No effusion \xff\xfe.\n")
         read_reports(tmp_path / "reports.txt")
 
