@@ -40,7 +40,8 @@ class BadItems:
     def add(self, item: str, message: str, reason: str = "error") -> None:
         self.failed.append((item, message))
         self.reasons[reason] += 1
-        print(f"medvlm {self.command}: skipped {item}: {message}", file=self.stream)
+        named = message if message.startswith(item) else f"{item}: {message}"  # errors often name it already
+        print(f"medvlm {self.command}: skipped {named}", file=self.stream)
 
     def summary(self, done: int) -> str:
         """'19 done, 1 failed (unreadable_file: 1)' style closing line."""

@@ -9,6 +9,7 @@ its traceback. Run options are `section.key=value` overrides of the YAML preset 
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -16,6 +17,30 @@ from .config import ConfigError, load_config
 from .errors import UserError
 
 EPILOG = "Overrides: any config key as section.key=value, e.g. train.max_steps=200 data.image_size=96"
+
+
+# ---------------------------------------------------------------- option types
+# The `type=` of every numeric option: a value out of range stops argparse with
+# "argument --num-beams: must be an integer >= 1, got 0" and exit status 2, before anything loads.
+
+def _number_type(kind: type, allowed, words: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text!r}") from None
+        if not (math.isfinite(value) and allowed(value)):
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text}")
+        return value
+
+    parse.__name__ = words
+    return parse
+
+
+positive_int = _number_type(int, lambda v: v >= 1, "an integer >= 1")
+nonnegative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number_type(float, lambda v: v > 0, "a number > 0")
+probability = _number_type(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
 def _config_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -101,28 +126,41 @@ def eval_main(argv: list[str] | None = None) -> int:
                                      description="Generate reports for a held-out split and score them against "
                                                  "references and baselines (metrics.json, results.md, charts).")
     parser.add_argument("--checkpoint", required=True, help="a saved model directory, e.g. runs/demo/final")
-    parser.add_argument("--out", help="output directory (default: <checkpoint>/eval)")
+    parser.add_argument("--out", help="output directory (default: beside the checkpoint, <checkpoint>-eval; never "
+                                      "inside it)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first unreadable image (default: name it, "
+                                                              "leave it out, count it in metrics.json, exit 1)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="override eval.* or data.* of the run's config")
     args = parser.parse_args(argv)
 
+    from .batch import BadItems
     from .model_card import write_model_card
     from .runs import load_trained, records_for
     from .tasks.evaluate import evaluate_checkpoint
 
-    model, processor, run_cfg = load_trained(_model_dir(args.checkpoint))
+    # Reading a checkpoint never changes it (its COMPLETE manifest must keep matching, or resume
+    # skips it as damaged): the outputs go beside it, runs/demo/final -> runs/demo/final-eval/.
+    checkpoint = _model_dir(args.checkpoint)
+    checkpoint = checkpoint.resolve() if checkpoint.name in ("", ".", "..") else checkpoint
+    default_out = checkpoint.parent / f"{checkpoint.name}-eval"
+    out = Path(args.out) if args.out else default_out
+    if out.resolve().is_relative_to(checkpoint.resolve()):
+        raise UserError(f"--out {out} is inside the model directory {checkpoint}, which only training writes into "
+                        f"(its COMPLETE manifest would no longer match); give a folder outside it, e.g. {default_out}")
+    model, processor, run_cfg = load_trained(checkpoint)
     base = run_cfg.to_dict() if run_cfg else {}
     cfg = load_config(None, _flatten(base) + args.overrides)
     test_records = records_for(cfg, cfg.eval.split)
     train_records = records_for(cfg, "train")
-    out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
     # report model: generation + retrieval + zero-shot (+ localisation); VQA data: answer accuracy;
     # CheXNet: AUROC (+ Grad-CAM localisation) -- see medvlm.tasks.evaluate
-    metrics, shown = evaluate_checkpoint(model, processor, cfg, test_records, train_records, out)
-    write_model_card(Path(args.checkpoint), cfg, metrics, split=cfg.eval.split)
+    bad = BadItems("eval", args.strict)
+    metrics, shown = evaluate_checkpoint(model, processor, cfg, test_records, train_records, out, bad)
+    write_model_card(out, cfg, metrics, split=cfg.eval.split, name="model_card.md")  # a copy with these metrics
     print(json.dumps({k: metrics.get(k) for k in shown}, indent=1))
-    print(f"[medvlm] wrote {out}/metrics.json and {out}/results.md")
-    return 0
+    print(f"[medvlm] wrote {out}/metrics.json, {out}/results.md and {out}/model_card.md")
+    return bad.finish(metrics.get("num_samples", 0))
 
 
 def _flatten(tree: dict, prefix: str = "") -> list[str]:
@@ -145,32 +183,36 @@ def generate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", help="JSONL output file (default: stdout)")
-    parser.add_argument("--num-beams", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=96)
-    parser.add_argument("--no-repeat-ngram-size", type=int, default=0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--num-beams", type=positive_int, default=1)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=96)
+    parser.add_argument("--no-repeat-ngram-size", type=nonnegative_int, default=0, help="0 = off")
+    parser.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="1 = off")
     parser.add_argument("--do-sample", action="store_true")
-    parser.add_argument("--top-k", type=int)
-    parser.add_argument("--top-p", type=float)
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--top-k", type=positive_int)
+    parser.add_argument("--top-p", type=probability)
+    parser.add_argument("--temperature", type=positive_float)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--strict", action="store_true", help="stop at the first unreadable image (default: name it, "
+                                                              "skip it, write the others, exit 1 at the end)")
     args = parser.parse_args(argv)
 
+    from .batch import BadItems, JsonlStream
     from .runs import load_trained
-    from .tasks.report_generation import generate_reports, generation_settings
+    from .tasks.embeddings import readable_images
+    from .tasks.report_generation import generation_settings, reports_for_pixels
 
     model, processor, _ = load_trained(_model_dir(args.checkpoint))
     gen = generation_settings(args.max_new_tokens, args.num_beams, args.no_repeat_ngram_size, args.repetition_penalty,
                               args.do_sample, args.top_k, args.top_p, args.temperature)
-    records = [{"image": path} for path in args.images]
-    reports = generate_reports(model, processor, records, args.batch_size, **gen)
-    lines = [json.dumps({"image": path, "report": report}) for path, report in zip(args.images, reports)]
+    bad = BadItems("generate", args.strict)
+    with JsonlStream(args.out) as out:  # each batch's reports are on disk before the next starts
+        for start in range(0, len(args.images), args.batch_size):
+            paths, pixels = readable_images(processor, args.images[start:start + args.batch_size], bad)
+            for path, report in zip(paths, reports_for_pixels(model, processor, pixels, **gen) if paths else []):
+                out.write({"image": path, "report": report})
     if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
-        print(f"[medvlm] wrote {len(lines)} reports to {args.out}")
-    else:
-        print("\n".join(lines))
-    return 0
+        print(f"[medvlm] wrote {out.count} reports to {args.out}")
+    return bad.finish(out.count)
 
 
 # ---------------------------------------------------------------- vqa / retrieve / explain
@@ -181,7 +223,7 @@ def vqa_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--image", required=True, help="PNG, JPEG or DICOM")
     parser.add_argument("--question", required=True, action="append", help="repeat for several questions")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=16)
     args = parser.parse_args(argv)
 
     from .runs import load_trained
@@ -205,34 +247,41 @@ def retrieve_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", help="rank the images by similarity to this report text")
     parser.add_argument("--gallery", help="a text file with one report per line (default: the reports of "
                                           "--gallery-split of the data the model was trained on)")
-    parser.add_argument("--gallery-split", default="train")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--gallery-split", default="train", choices=("train", "validation", "test"))
+    parser.add_argument("--top-k", type=positive_int, default=5)
+    parser.add_argument("--strict", action="store_true", help="stop at the first unreadable image (default: name it, "
+                                                              "skip it, rank the others, exit 1 at the end)")
     args = parser.parse_args(argv)
 
     import numpy as np
 
+    from .batch import BadItems
     from .runs import load_trained, records_for
-    from .tasks.embeddings import image_embeddings, text_embeddings
+    from .tasks.embeddings import image_embeddings, readable_images, text_embeddings
     from .tasks.retrieval import rank_reports
 
     model, processor, run_cfg = load_trained(_model_dir(args.checkpoint))
-    images = image_embeddings(model, processor, [{"image": path} for path in args.image])
+    bad = BadItems("retrieve", args.strict)
+    paths = readable_images(processor, args.image, bad)[0]
+    images = image_embeddings(model, processor, [{"image": path} for path in paths]) if paths else None
     if args.text:
-        scores = images @ text_embeddings(model, processor, [args.text])[0]
-        for rank, i in enumerate(np.argsort(-scores, kind="stable")[: args.top_k], start=1):
-            print(json.dumps({"rank": rank, "image": args.image[i], "score": round(float(scores[i]), 4)}))
-        return 0
+        scores = images @ text_embeddings(model, processor, [args.text])[0] if paths else []
+        for rank, i in enumerate(np.argsort(-np.asarray(scores), kind="stable")[: args.top_k], start=1):
+            print(json.dumps({"rank": rank, "image": paths[i], "score": round(float(scores[i]), 4)}))
+        return bad.finish(len(paths))
     if args.gallery:
-        gallery = [line.strip() for line in _read_text(args.gallery, "--gallery").splitlines() if line.strip()]
+        from .data.tables import read_text
+
+        gallery = [line.strip() for line in read_text(args.gallery).splitlines() if line.strip()]
     elif run_cfg is not None:
         gallery = [r["text"] for r in records_for(run_cfg, args.gallery_split) if r.get("text")]
     else:
         raise UserError(f"no --gallery given and {args.checkpoint} has no run_config.yaml to find its data; "
                         "pass --gallery FILE (one report per line)")
-    ranked = rank_reports(images, gallery, text_embeddings(model, processor, gallery), args.top_k)
-    for path, hits in zip(args.image, ranked):
-        print(json.dumps({"image": path, "reports": [{"text": t, "score": round(s, 4)} for t, s in hits]}))
-    return 0
+    ranked = rank_reports(images, gallery, text_embeddings(model, processor, gallery), args.top_k) if paths else []
+    for path, hits in zip(paths, ranked):
+        print(json.dumps({"image": path, "reports": [{"text": t, "score": round(s, 4)} for t, s in hits]}), flush=True)
+    return bad.finish(len(paths))
 
 
 def explain_main(argv: list[str] | None = None) -> int:
@@ -248,8 +297,8 @@ def explain_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--question", help="explain the answer to this question instead of a report")
     parser.add_argument("--target", help="Grad-CAM target: a text (medvlm; default the generated report) or "
                                          "comma-separated labels (CheXNet; default the most probable)")
-    parser.add_argument("--layers", type=int, nargs="+", help="fusion layers to average (default all)")
-    parser.add_argument("--heads", type=int, nargs="+", help="attention heads to average (default all)")
+    parser.add_argument("--layers", type=nonnegative_int, nargs="+", help="fusion layers to average (default all)")
+    parser.add_argument("--heads", type=nonnegative_int, nargs="+", help="attention heads to average (default all)")
     parser.add_argument("--weighting", choices=("raw", "gradient"), default="raw",
                         help="attention maps as they are, or weighted by their gradient (Chefer et al., 2021)")
     parser.add_argument("--negative", help="Grad-CAM (medvlm): subtract the similarity to this text, e.g. "
@@ -258,7 +307,7 @@ def explain_main(argv: list[str] | None = None) -> int:
                                         "stride <= 16)")
     parser.add_argument("--hires", action="store_true", help="HiResCAM: weight each position by its own gradient")
     parser.add_argument("--words", nargs="+", help="only these words' panels (attention)")
-    parser.add_argument("--max-words", type=int, default=24)
+    parser.add_argument("--max-words", type=positive_int, default=24)
     args = parser.parse_args(argv)
 
     from .explain.image import explain_image
@@ -294,34 +343,43 @@ def tokenizer_main(argv: list[str] | None = None) -> int:
 def prepare_main(argv: list[str] | None = None) -> int:
     parser = _config_parser("medvlm prepare", "Decode and resize images once into an Arrow cache for fast training.")
     parser.add_argument("--out", required=True, help="cache directory (use it as data.cache_dir=...)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=nonnegative_int, default=2, help="decoding processes (0: in this process)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad item (default: name it, leave "
+                                                              "it out, prepare the others, exit 1 at the end)")
     args = parser.parse_args(argv)
     cfg = _load(args)
+    from collections import Counter
+
+    from .batch import EXIT_SOME_FAILED, BadItems
     from .data.prepare import prepare_cache
     from .runs import records_for
 
-    cfg.data.cache_dir = None
+    # A batch command: bad items are left out (as data.on_error=skip), each image that fails to
+    # decode is named with its reason, every one is counted; --strict stops at the first instead.
+    cfg.data.cache_dir, cfg.data.on_error = None, "raise" if args.strict else "skip"
+    bad, skipped, cached = BadItems("prepare", args.strict), Counter(), 0
     for split in ("train", "validation", "test"):
-        records = records_for(cfg, split)
-        prepare_cache(records, Path(args.out) / split, cfg.data.image_size, resize_mode=cfg.data.resize_mode,
-                      num_workers=args.workers, on_error=cfg.data.on_error)
-        print(f"[medvlm] {split}: {len(records)} records -> {Path(args.out) / split}")
-    return 0
-
-
-def _read_text(path: str, option: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{option} {path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"{option} {path}: cannot read it as UTF-8 text ({error})") from None
+        summary = prepare_cache(records_for(cfg, split), Path(args.out) / split, cfg.data.image_size,
+                                resize_mode=cfg.data.resize_mode, num_workers=args.workers, on_error=cfg.data.on_error)
+        for failure in summary.failed:
+            bad.add(failure["item"], failure["message"].removeprefix(f"{failure['item']}: "), failure["reason"])
+        if summary.skipped_while_loading:
+            print(f"medvlm prepare: {split}: {sum(summary.skipped_while_loading.values())} record(s) left out while "
+                  "loading (named in the loader's warning above)", file=sys.stderr)
+        skipped.update(summary.skipped)
+        cached += summary.num_records
+        print(f"[medvlm] {split}: {summary.line()} -> {summary.path}")
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items()))
+    print(f"medvlm prepare: {cached} cached, {sum(skipped.values())} skipped" + (f" ({reasons})" if skipped else ""),
+          file=sys.stderr)
+    return EXIT_SOME_FAILED if skipped else 0
 
 
 def label_main(argv: list[str] | None = None) -> int:
+    from .data.tables import read_reports  # the one reader of user files; metrics import no data code
     from .metrics.chexpert import label_main as run
 
-    return run(argv)
+    return run(argv, read_reports)
 
 
 COMMANDS = {

@@ -23,6 +23,7 @@ from .modeling.losses import IGNORE_INDEX
 from .tokenization import load_tokenizer, save_tokenizer
 
 PROCESSOR_FILE = "processor_config.json"  # transformers' PROCESSOR_NAME
+ANSWER_ROOM = 16  # tokens a VQA prompt leaves free for the answer (tasks.vqa.ANSWER_TOKENS)
 log = logging.getLogger(__name__)
 
 
@@ -58,12 +59,24 @@ class MedVLMImageProcessor(BaseImageProcessor):
                 "image_processor_type": type(self).__name__}
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(kind: str, message: str, *args) -> None:
+    """A warning the first time `kind` happens in this process: a training run would otherwise
+    repeat it for every batch."""
+    if kind not in _WARNED:
+        _WARNED.add(kind)
+        log.warning(message, *args)
+
+
 class MedVLMProcessor(ProcessorMixin):
     """Tokenizer + image processor of a medvlm model, and the texts/prompts the model trains on.
 
     tokenizer: an HF tokenizer, or None for image-only models (CheXNet).
     image_processor: a `MedVLMImageProcessor`, or the `ImageTransform` it is to wrap.
-    max_length: texts are cut to this many tokens.
+    max_length: texts (and prompt + answer) are cut to this many tokens, with a warning that
+        counts them; it must not exceed the text tower's positions (`limit_max_length`).
     """
 
     def __init__(self, tokenizer, image_processor, max_length: int = 128):
@@ -71,6 +84,15 @@ class MedVLMProcessor(ProcessorMixin):
             image_processor = MedVLMImageProcessor(image_processor)
         super().__init__(tokenizer, image_processor)
         self.max_length = max_length
+
+    def limit_max_length(self, positions: int | None) -> "MedVLMProcessor":
+        """Lower `max_length` to the model's `max_text_positions()` when it is longer (with a
+        warning), so no text the processor makes can index past the text tower's positions."""
+        if positions is not None and self.max_length > positions:
+            log.warning("max_length=%d is more than the text tower's %d positions; texts are cut to %d tokens",
+                        self.max_length, positions, positions)
+            self.max_length = positions
+        return self
 
     def check_argument_for_proper_class(self, argument_name, argument):
         if argument_name == "tokenizer" and argument is None:  # image-only models have none
@@ -103,14 +125,26 @@ class MedVLMProcessor(ProcessorMixin):
         return self.image_processor.preprocess(list(images))["pixel_values"]
 
     def texts(self, texts: list[str], prompts: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Tokenise training targets. With `prompts` (VQA questions) each item is
-        `<s> prompt <sep> text </s>` and the prompt positions get label -100, so the caption loss
-        covers answer tokens only. Returns input_ids, attention_mask, labels: (B, T)."""
-        if prompts is None:
-            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        else:
-            enc = self.tokenizer(prompts, texts, padding=True, truncation="only_first",
-                                 max_length=self.max_length, return_tensors="pt")
+        """Tokenise training targets, each cut to `max_length` tokens (one warning per call counts
+        those cut). With `prompts` (VQA questions) each item is `<s> prompt <sep> text </s>`, the
+        prompt is cut first (the answer only when it alone is too long), and the prompt positions
+        get label -100, so the caption loss covers answer tokens only. Returns input_ids,
+        attention_mask, labels: (B, T), T <= max_length."""
+        texts = list(texts)
+        parts = [texts] if prompts is None else [list(prompts), texts]
+        lengths = [len(ids) for ids in self.tokenizer(*parts, verbose=False)["input_ids"]]
+        cut = sum(n > self.max_length for n in lengths)
+        truncation = True
+        if cut:
+            what = "texts" if prompts is None else "question + answer pairs"
+            _warn_once(f"cut {what}", "%d of %d %s are longer than max_length=%d tokens and were cut (said once "
+                       "per process)", cut, len(texts), what, self.max_length)
+        if prompts is not None:  # cut the question, unless an answer alone does not fit
+            answers = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+            room = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=True) - 1
+            truncation = "only_first" if all(len(a) <= room for a in answers) else "longest_first"
+        enc = self.tokenizer(*parts, padding=True, truncation=truncation, max_length=self.max_length,
+                             return_tensors="pt")
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
         if prompts is not None:
             # everything up to and including <sep> is prompt
@@ -119,9 +153,19 @@ class MedVLMProcessor(ProcessorMixin):
             labels = labels.masked_fill(positions <= sep[:, None], IGNORE_INDEX)
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
 
-    def prompts(self, questions: list[str]) -> dict[str, torch.Tensor]:
-        """Left-padded `<s> question <sep>` prompts for generation (VQA)."""
-        ids = [self.tokenizer(q)["input_ids"][:-1] + [self.tokenizer.sep_token_id] for q in questions]
+    def prompts(self, questions: list[str], reserve: int = ANSWER_ROOM) -> dict[str, torch.Tensor]:
+        """Left-padded `<s> question <sep>` prompts for generation (VQA). A prompt is cut (its
+        start kept, as in training) so that it and `reserve` generated tokens fit in `max_length`
+        (`reserve` is capped at half of it); one warning per call counts the questions cut."""
+        limit = self.max_length - min(max(reserve, 0), self.max_length // 2)
+        sep = self.tokenizer.sep_token_id
+        ids = [x[:-1] for x in self.tokenizer(list(questions), verbose=False)["input_ids"]]  # drop </s>
+        cut = sum(len(x) + 1 > limit for x in ids)
+        if cut:
+            _warn_once("cut prompts", "%d of %d questions are longer than the %d prompt tokens the model has room "
+                       "for (max_length=%d, %d kept for the answer) and were cut (said once per process)", cut,
+                       len(ids), limit, self.max_length, self.max_length - limit)
+        ids = [x[: limit - 1] + [sep] for x in ids]
         width = max(map(len, ids))
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
@@ -170,19 +214,43 @@ AutoImageProcessor.register(CheXNetConfig, image_processor_classes={"torchvision
 class RecordDataset(Dataset):
     """Records (see medvlm.data) -> dicts of pixels and text, ready for `collate`.
 
-    A file that fails to decode during training is skipped (logged and counted) when
-    `on_error="skip"`, so one bad image never ends a run; with "raise" it stops with the
-    file's name.
+    A file that fails to decode during training is skipped when `on_error="skip"`, so one bad
+    image never ends a run; with "raise" it stops with the file's name. Each skipped record is
+    warned about once and counted once, by reason, however many epochs meet it: its reason's
+    code goes into `bad`, one byte per record. Under "skip" that table lives in shared memory,
+    so DataLoader worker processes write into the same table: with `num_workers > 0` it counts
+    every record any worker failed to read so far (in this process group; the trainer merges
+    the tables of distributed processes).
     """
+
+    REASONS = ("missing_file", "empty_file", "unreadable_file", "corrupt_image", "too_many_pixels",
+               "multi_frame", "no_pixel_data", "bad_array", "other")  # codes 1..9; 0 = not skipped
 
     def __init__(self, records, processor: MedVLMProcessor, on_error: str = "raise"):
         self.records = records
         self.processor = processor
         self.on_error = on_error
-        self.skipped = 0
+        self.bad = torch.zeros(len(records), dtype=torch.uint8)  # (N,) reason code per record
+        if on_error == "skip":
+            self.bad.share_memory_()
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def skipped(self) -> int:
+        """How many records were skipped (each once)."""
+        return int((self.bad > 0).sum())
+
+    def skipped_items(self) -> dict[str, str]:
+        """{record index (str): reason} of the skipped records: what a checkpoint keeps."""
+        return {str(i): self.REASONS[int(self.bad[i]) - 1] for i in torch.nonzero(self.bad).flatten().tolist()}
+
+    def restore_skipped(self, items: dict[str, str]) -> None:
+        """Mark the records of `skipped_items()` (from a checkpoint) as skipped again."""
+        for index, reason in items.items():
+            code = self.REASONS.index(reason if reason in self.REASONS else "other") + 1
+            self.bad[int(index)] = code
 
     def __getitem__(self, index: int) -> dict | None:
         record = self.records[index]
@@ -191,8 +259,10 @@ class RecordDataset(Dataset):
         except DataError as error:
             if self.on_error != "skip":
                 raise
-            self.skipped += 1
-            log.warning("skipping record %d: %s", index, error)
+            if not self.bad[index]:
+                log.warning("skipping record %d: %s", index, error)
+            reason = error.reason if error.reason in self.REASONS else "other"
+            self.bad[index] = self.REASONS.index(reason) + 1
             return None
         item = {"pixel_values": pixels, "text": record.get("text", "")}
         if record.get("question"):

@@ -104,10 +104,12 @@ def test_errors_after_a_quoted_newline_name_the_physical_line(tmp_path):
         load_tabular(tmp_path / "t.csv", split_column="fold")
 
 
-def test_label_jsonl_errors_name_file_line_and_field(tmp_path):
+def test_label_jsonl_errors_name_file_line_and_field(tmp_path, capsys):
     path = jsonl(tmp_path / "r.jsonl", {"report": "No effusion."}, {"id": 3})
+    assert label_main([str(path)]) == 1  # the good row is labelled, the bad one named
+    assert re.search(r"r\.jsonl, line 2: no 'report' or 'text' field \(fields: id\)", capsys.readouterr().err)
     with pytest.raises(DataError, match=r"r\.jsonl, line 2: no 'report' or 'text' field \(fields: id\)"):
-        label_main([str(path)])
+        label_main([str(path), "--strict"])
 
 
 def test_preset_with_a_duplicated_section_is_refused(tmp_path):

@@ -35,6 +35,7 @@ from medvlm.data.records import (
     make_record, parse_label,
 )
 from medvlm.data.reports import clean_report
+from medvlm.batch import BadItems
 from medvlm.errors import UserError
 from medvlm.observations import CHEXPERT_OBSERVATIONS
 
@@ -206,31 +207,38 @@ def read_jsonl(path, *, encoding: str = "utf-8") -> Table:
     return Table(str(path), columns, rows, lines, field_word="field")
 
 
-def read_reports(path, *, encoding: str = "utf-8") -> list[str]:
+def read_reports(path, *, encoding: str = "utf-8", bad: BadItems | None = None) -> list[str]:
     """The reports of a `medvlm label` input: a .txt file (one report per line, blank lines
     ignored), .jsonl/.ndjson (a "report" or "text" field per line) or .csv (a "Reports",
-    "report" or "text" column). A report that is not text is a DataError naming file, line and
-    field."""
+    "report" or "text" column). A row whose report is missing or not text is a DataError naming
+    file, line and field; with `bad` it is named there and left out instead (the file itself
+    missing or without a report column is always an error)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         table = read_jsonl(path, encoding=encoding)
-        reports = []
-        for i, row in enumerate(table.rows):
-            key = next((k for k in REPORT_KEYS if k in row), None)
+
+        def report_of(i: int) -> str:
+            key = next((k for k in REPORT_KEYS if k in table.rows[i]), None)
             if key is None:
-                raise DataError(f"{table.where(i)}: no 'report' or 'text' field (fields: {', '.join(row)})",
-                                path=path, reason="missing_field")
-            reports.append(table.text(i, key))
-        return reports
-    if suffix == ".csv":
+                raise DataError(f"{table.where(i)}: no 'report' or 'text' field (fields: "
+                                f"{', '.join(table.rows[i])})", path=path, reason="missing_field")
+            return table.text(i, key)
+    elif suffix == ".csv":
         table = read_csv(path, encoding=encoding)
         column = next((c for c in REPORT_COLUMNS if c in table.columns), None)
         if column is None:
             raise DataError(f"{path}: no report column; expected one of {', '.join(REPORT_COLUMNS)}, "
                             f"found: {', '.join(table.columns) or '(none)'}", path=path, reason="missing_column")
-        return [table.text(i, column) for i in range(len(table))]
-    return [line.rstrip("\r") for line in read_text(path, encoding).split("\n") if line.strip()]
+
+        def report_of(i: int) -> str:
+            return table.text(i, column)
+    else:
+        return [line.rstrip("\r") for line in read_text(path, encoding).split("\n") if line.strip()]
+    if bad is None:
+        return [report_of(i) for i in range(len(table))]
+    results = (bad.attempt(table.where(i), lambda i=i: report_of(i)) for i in range(len(table)))
+    return [report for ok, report in results if ok]
 
 
 # --------------------------------------------------------------------------- any source

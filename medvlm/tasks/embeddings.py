@@ -3,10 +3,13 @@ zero-shot classification and the nearest-neighbour report baseline compare."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..batch import BadItems
 from ..processing import MedVLMProcessor, RecordDataset
 
 
@@ -15,6 +18,30 @@ def image_batches(records, processor: MedVLMProcessor, batch_size: int):
     loader = DataLoader(RecordDataset(records, processor), batch_size=batch_size,
                         collate_fn=lambda items: torch.stack([i["pixel_values"] for i in items]))
     yield from loader
+
+
+def readable_images(processor: MedVLMProcessor, images: list, bad: BadItems) -> tuple[list, torch.Tensor | None]:
+    """(the images that could be read, their (B, C, S, S) pixels); each one that could not is
+    named in `bad` with its reason (or, with `bad.strict`, raises)."""
+    kept, pixels = [], []
+    for image in images:
+        ok, tensor = bad.attempt(str(image), lambda: processor.images([image]))
+        if ok:
+            kept.append(image)
+            pixels.append(tensor)
+    return kept, torch.cat(pixels) if pixels else None
+
+
+def readable_records(processor: MedVLMProcessor, records: list[dict], bad: BadItems) -> list[dict]:
+    """The records whose image can be read and transformed; the others are named in `bad`.
+    Records holding arrays (the built-in data) need no check."""
+    def readable(record: dict) -> bool:
+        image = record.get("image")
+        if not isinstance(image, (str, Path)):
+            return True
+        return bad.attempt(f"{image} (study {record.get('study_id')})", lambda: processor.images([image]))[0]
+
+    return [record for record in records if readable(record)]
 
 
 @torch.no_grad()

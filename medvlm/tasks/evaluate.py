@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..batch import BadItems
 from ..config import RunConfig
 from ..results import TaskResult, write_results
+from .embeddings import readable_records
 
 EXPLAIN_STUDIES = 100  # synthetic test studies with findings scored for localisation
 
@@ -46,14 +48,19 @@ def _explain_studies(cfg: RunConfig, processor) -> list[dict]:
 
 
 def evaluate_checkpoint(model, processor, cfg: RunConfig, test_records, train_records,
-                        out_dir: Path | None) -> tuple[dict, list[str]]:
+                        out_dir: Path | None, bad: BadItems | None = None) -> tuple[dict, list[str]]:
     """Run the evaluations that apply and write their outputs once (`results.write_results`).
-    Returns (metrics, the headline keys to print)."""
+    Records whose image cannot be read are left out, named in `bad` and counted in the metrics
+    (`skipped`, `skipped.<reason>`). Returns (metrics, the headline keys to print)."""
     task = task_of(model, test_records, train_records)
     if cfg.eval.max_samples:
         test_records = test_records[: cfg.eval.max_samples]
+    bad = bad or BadItems("eval")
+    test_records = readable_records(processor, test_records, bad)
+    train_records = readable_records(processor, train_records, bad) if task != "chexnet" else train_records
     run = {"chexnet": _classifier_tasks, "vqa": _vqa_tasks, "report": _report_tasks}[task]
     result = run(model, processor, cfg, test_records, train_records)
+    result.metrics.update(bad.as_metrics())
     if out_dir is not None:
         write_results(result.metrics, out_dir, title=TITLES[task], artefacts=result.artefacts)
     return result.metrics, SHOWN[task]

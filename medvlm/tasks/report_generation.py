@@ -13,7 +13,7 @@ import torch
 
 from ..config import EvalConfig
 from ..metrics.bootstrap import bootstrap_intervals
-from ..metrics.chexpert import clinical_efficacy, label_reports
+from ..metrics.chexpert import clinical_efficacy, label_generated_reports, label_reports
 from ..metrics.nlg import compute_nlg
 from ..modeling import compile_on_any_device
 from ..processing import MedVLMProcessor
@@ -43,13 +43,15 @@ def generation_kwargs(cfg: EvalConfig) -> dict:
 
 
 @torch.no_grad()
+def reports_for_pixels(model, processor: MedVLMProcessor, pixels: torch.Tensor, **gen_kwargs) -> list[str]:
+    """One report per image of a (B, C, S, S) batch."""
+    sequences = model.generate(pixel_values=pixels.to(next(model.parameters()).device), **gen_kwargs)
+    return processor.decode(sequences)
+
+
 def generate_reports(model, processor: MedVLMProcessor, records, batch_size: int = 32, **gen_kwargs) -> list[str]:
-    device = next(model.parameters()).device
-    reports = []
-    for pixels in image_batches(records, processor, batch_size):
-        sequences = model.generate(pixel_values=pixels.to(device), **gen_kwargs)
-        reports.extend(processor.decode(sequences))
-    return reports
+    return [report for pixels in image_batches(records, processor, batch_size)
+            for report in reports_for_pixels(model, processor, pixels, **gen_kwargs)]
 
 
 def baseline_reports(train_records, test_records, seed: int = 0, nearest_neighbour=None) -> dict[str, list[str]]:
@@ -70,9 +72,12 @@ def baseline_reports(train_records, test_records, seed: int = 0, nearest_neighbo
 
 def score_reports(references: list[str], hypotheses: list[str], uncertain: str = "negative",
                   with_meteor: bool = True) -> dict:
-    """NLG metrics plus clinical efficacy from our labeler applied to both sides."""
+    """NLG metrics plus clinical efficacy from our labeler applied to both sides (an empty
+    hypothesis predicts nothing: `label_generated_reports`), and how many hypotheses were empty."""
     metrics = compute_nlg(references, hypotheses, include_meteor=with_meteor)
-    metrics.update(clinical_efficacy(label_reports(references), label_reports(hypotheses), uncertain=uncertain))
+    metrics.update(clinical_efficacy(label_reports(references), label_generated_reports(hypotheses),
+                                     uncertain=uncertain))
+    metrics["num_empty_reports"] = sum(not text.strip() for text in hypotheses)
     return metrics
 
 
@@ -90,14 +95,15 @@ def evaluate_report_generation(model, processor, test_records, train_records, cf
     baseline (`baselines.<name>.*`); artefact `generations.jsonl`."""
     references = [r["text"] for r in test_records]
     generated = generate_reports(model, processor, test_records, cfg.batch_size, **generation_kwargs(cfg))
-    ref_labels, gen_labels = label_reports(references), label_reports(generated)
+    ref_labels, gen_labels = label_reports(references), label_generated_reports(generated)
     metrics, intervals = _scored_with_intervals(references, generated, ref_labels, gen_labels, cfg)
     metrics.update({f"ci.{k}" if not k.startswith("ci.") else k: v for k, v in intervals.items()})
     if test_image_embeds is None:
         test_image_embeds = image_embeddings(model, processor, test_records, cfg.batch_size)
     neighbours = (image_embeddings(model, processor, train_records, cfg.batch_size), test_image_embeds)
     for name, reports in baseline_reports(train_records, test_records, cfg.seed, neighbours).items():
-        scores, intervals = _scored_with_intervals(references, reports, ref_labels, label_reports(reports), cfg)
+        scores, intervals = _scored_with_intervals(references, reports, ref_labels, label_generated_reports(reports),
+                                                   cfg)
         metrics.update({f"baselines.{name}.{k}": v for k, v in scores.items()})
         metrics.update({f"baselines.{name}.ci.{k}": v for k, v in intervals.items() if not k.startswith("ci.")})
     metrics["num_samples"] = len(test_records)

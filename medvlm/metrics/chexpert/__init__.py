@@ -3,13 +3,14 @@
 - `labeler`: the rule-based labeler (phrase lists, negation and uncertainty cues, aggregation);
   `label_report`, `label_reports`, `extract_mentions`
 - `efficacy`: CE precision / recall / F1 between the labels of generated and reference reports
-- `command`: the `medvlm label` command and its file reading and writing
+- `command`: the `medvlm label` command (labels and the output CSV; the input is read by
+  `medvlm.data.tables.read_reports`, handed in by the command line)
 
 Everything other code imports is re-exported here: ``from medvlm.metrics.chexpert import X``.
 """
 
-from .command import label_file, label_main, read_reports, write_labels_csv
-from .efficacy import clinical_efficacy, efficacy_from_counts, label_counts
+from .command import label_main, write_labels_csv
+from .efficacy import clinical_efficacy, efficacy_from_counts, label_counts, label_generated_reports
 from .labeler import (
     CARDIOMEGALY, CUES, ECM, EXCLUSIONS, MENTIONS, NEGATIVE, NO_FINDING, OBS_INDEX, POSITIVE, SIZE_SUBJECTS,
     SUPPORT_DEVICES, UNCERTAIN, Span, extract_mentions, label_report, label_reports, split_clauses,
@@ -18,6 +19,6 @@ from .labeler import (
 __all__ = [
     "CARDIOMEGALY", "CUES", "ECM", "EXCLUSIONS", "MENTIONS", "NEGATIVE", "NO_FINDING", "OBS_INDEX", "POSITIVE",
     "SIZE_SUBJECTS", "SUPPORT_DEVICES", "UNCERTAIN", "Span", "clinical_efficacy", "efficacy_from_counts",
-    "extract_mentions", "label_counts", "label_file", "label_main", "label_report", "label_reports",
-    "read_reports", "split_clauses", "write_labels_csv",
+    "extract_mentions", "label_counts", "label_generated_reports", "label_main", "label_report", "label_reports",
+    "split_clauses", "write_labels_csv",
 ]

@@ -7,7 +7,19 @@ import numpy as np
 
 from ...errors import UserError
 from ...observations import CHEXPERT_OBSERVATIONS
-from .labeler import POSITIVE, UNCERTAIN
+from .labeler import POSITIVE, UNCERTAIN, label_reports
+
+
+def label_generated_reports(texts) -> np.ndarray:
+    """`label_reports` for the generated side of a comparison: an empty (or blank) generated
+    report is "no prediction", every observation NaN, never CheXpert's "No Finding" (which the
+    labeler gives a report that mentions nothing, and which would score an empty generation as
+    correct on every normal study)."""
+    texts = list(texts)
+    labels = label_reports(texts)
+    empty = [i for i, text in enumerate(texts) if not str(text).strip()]
+    labels[empty] = np.nan
+    return labels
 
 
 def _binary(labels, uncertain: str) -> np.ndarray:
