@@ -3,8 +3,8 @@
     medvlm eval --checkpoint runs/demo/final                 # report model: retrieval, zero-shot, attention
     medvlm eval --checkpoint runs/vqa_demo/final             # VQA
     medvlm eval --checkpoint runs/chexnet/final              # CheXNet AUROC + Grad-CAM
-    python benchmarks/tasks_acceptance.py --report runs/demo/final/eval \\
-        --vqa runs/vqa_demo/final/eval --chexnet runs/chexnet/final/eval
+    python benchmarks/tasks_acceptance.py --report runs/demo/final-eval \\
+        --vqa runs/vqa_demo/final-eval --chexnet runs/chexnet/final-eval
 
 "random" targets are multiples of the chance level that `medvlm eval` writes beside each figure.
 """

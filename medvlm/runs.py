@@ -24,7 +24,18 @@ def records_for(cfg: RunConfig, split: str) -> list[dict]:
         from .data.prepare import load_cache
 
         return load_cache(Path(d.cache_dir) / split, image_size=d.image_size, resize_mode=d.resize_mode)
-    return load_split(d.dataset, split, root=d.root, image_size=d.image_size, on_error=d.on_error, options=d.options)
+    return load_split(d.dataset, split, root=d.root, image_size=d.image_size, on_error=d.on_error, options=d.options,
+                      allow_outside_root=d.allow_outside_root)
+
+
+def init_from_dir(cfg: RunConfig) -> Path:
+    """`train.init_from`, checked: a medvlm model directory whose files match its manifest."""
+    from .checkpointing import check_model_dir
+
+    path = Path(cfg.train.init_from)
+    if not (path / "config.json").is_file():
+        raise UserError(f"train.init_from={str(path)!r}: not a medvlm model directory (no config.json)")
+    return check_model_dir(path, "train.init_from")
 
 
 def build_processor(cfg: RunConfig, train_records: list[dict]) -> MedVLMProcessor:
@@ -32,7 +43,7 @@ def build_processor(cfg: RunConfig, train_records: list[dict]) -> MedVLMProcesso
     training reports (saved under the run directory)."""
     d, m = cfg.data, cfg.model
     if cfg.train.init_from:
-        return MedVLMProcessor.from_pretrained(cfg.train.init_from)
+        return MedVLMProcessor.from_pretrained(str(init_from_dir(cfg)))
     if cfg.model.architecture == "chexnet":  # image-only: the processor is just the image transform
         in_chans = m.vision.get("in_chans", 1)
         transform = ImageTransform(d.image_size, resize_mode=d.resize_mode, in_chans=in_chans)
@@ -88,19 +99,21 @@ def build_model(cfg: RunConfig, processor: MedVLMProcessor, train_records: list[
     CheXNetForImageClassification (its class weights need `train_records`)."""
     if cfg.model.architecture == "chexnet":
         if cfg.train.init_from:
-            return CheXNetForImageClassification.from_pretrained(cfg.train.init_from)
+            return CheXNetForImageClassification.from_pretrained(str(init_from_dir(cfg)))
         model = CheXNetForImageClassification(chexnet_config(cfg, train_records))
         model.load_pretrained_backbone()
         return model
     if cfg.train.init_from:
-        model = MedVLMForConditionalGeneration.from_pretrained(cfg.train.init_from)
+        model = MedVLMForConditionalGeneration.from_pretrained(str(init_from_dir(cfg)))
         # loss weights are training choices, not part of the pretrained model
         for key in TRAINING_CHOICES:
             setattr(model.config, key, getattr(cfg.model, key))
         _warn_contradictions(cfg, model.config)
+        processor.limit_max_length(model.max_text_positions())
         return model
     model = MedVLMForConditionalGeneration(model_config(cfg, processor.tokenizer))
     model.load_pretrained_towers()
+    processor.limit_max_length(model.max_text_positions())
     return model
 
 
@@ -144,6 +157,8 @@ def load_trained(path: str | Path) -> tuple[MedVLMForConditionalGeneration, MedV
                         "damaged or was copied incompletely") from None
     model.eval()
     processor = MedVLMProcessor.from_pretrained(path)
+    if model_type != "chexnet":
+        processor.limit_max_length(model.max_text_positions())
     run_cfg = load_config(path / "run_config.yaml") if (path / "run_config.yaml").is_file() else None
     return model, processor, run_cfg
 

@@ -82,12 +82,12 @@ def test_train_eval_and_explain_from_the_command_line(tmp_path):
     assert any("val_loss" in r for r in log)
 
     assert main(["eval", "--checkpoint", str(final)]) == 0
-    metrics = json.loads((final / "eval" / "metrics.json").read_text())
+    metrics = json.loads((final.parent / "final-eval" / "metrics.json").read_text())
     assert "auroc_mean" in metrics and "auroc.Pleural Effusion" in metrics
     assert "Pneumonia" in metrics["auroc_skipped"]  # never present in the synthetic data
     assert "explain_pointing_game" in metrics and "explain_iou" in metrics
     assert metrics["baselines.random.auroc_mean"] == 0.5
-    assert (final / "eval" / "predictions.csv").is_file()
+    assert (final.parent / "final-eval" / "predictions.csv").is_file()
 
     from medvlm.data.synthetic import make_study
 

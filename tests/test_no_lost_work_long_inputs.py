@@ -1,5 +1,5 @@
 """Issue 15, inputs longer than the model: prompts and reports longer than the text tower's
-positions are cut, with one warning per call that counts them, never an index error; the
+positions are cut, with a warning that counts them (once per process), never an index error; the
 processor's max_length never exceeds the model's positions."""
 
 import logging
@@ -11,6 +11,7 @@ import torch
 from medvlm.data.images import ImageTransform
 from medvlm.modeling import MedVLMForConditionalGeneration
 from medvlm.modeling.losses import IGNORE_INDEX
+from medvlm import processing
 from medvlm.processing import MedVLMProcessor
 from medvlm.tasks.vqa import answer_questions
 from medvlm.tokenization import train_report_tokenizer
@@ -39,6 +40,12 @@ def processor_for(tokenizer, model, max_length=None):
     return processor.limit_max_length(model.max_text_positions())
 
 
+@pytest.fixture(autouse=True)
+def warnings_not_yet_given():
+    """Each kind of cut is reported once per process; every test here starts before the first."""
+    processing._WARNED.clear()
+
+
 def warnings_of(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "medvlm.processing"]
 
@@ -51,7 +58,7 @@ def test_a_42_word_question_gets_an_answer_and_a_warning(tokenizer, model, caplo
         answers = answer_questions(model, processor, [IMAGE, IMAGE], [LONG_QUESTION, "is there a pneumothorax?"])
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     assert warnings_of(caplog) == ["1 of 2 questions are longer than the 48 prompt tokens the model has room for "
-                                   "(max_length=64, 16 kept for the answer) and were cut"]
+                                   "(max_length=64, 16 kept for the answer) and were cut (said once per process)"]
 
 
 def test_max_length_beyond_the_positions_is_lowered_to_them(tokenizer, model, caplog):
@@ -68,7 +75,7 @@ def test_long_reports_are_cut_with_one_counting_warning(tokenizer, model, caplog
     with caplog.at_level(logging.WARNING, logger="medvlm.processing"):
         batch = processor(images=[IMAGE] * 3, text=reports)
     assert batch["input_ids"].shape[1] == 64
-    assert warnings_of(caplog) == ["2 of 3 texts are longer than max_length=64 tokens and were cut"]
+    assert warnings_of(caplog) == ["2 of 3 texts are longer than max_length=64 tokens and were cut (said once per process)"]
     with torch.no_grad():
         out = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels", "pixel_values")})
     assert torch.isfinite(out.loss)
@@ -88,7 +95,8 @@ def test_a_long_question_is_cut_before_its_answer(tokenizer, model, caplog):
     with caplog.at_level(logging.WARNING, logger="medvlm.processing"):
         batch = processor.texts(["left", "yes"], prompts=[LONG_QUESTION, "which side is the effusion on?"])
     assert batch["input_ids"].shape[1] == 64
-    assert warnings_of(caplog) == ["1 of 2 question + answer pairs are longer than max_length=64 tokens and were cut"]
+    assert warnings_of(caplog) == ["1 of 2 question + answer pairs are longer than max_length=64 tokens and were cut "
+                                   "(said once per process)"]
     answer = tokenizer("left", add_special_tokens=False)["input_ids"]
     kept = batch["labels"][0][batch["labels"][0] != IGNORE_INDEX].tolist()
     assert kept == answer + [tokenizer.eos_token_id]  # the loss still sees the whole answer

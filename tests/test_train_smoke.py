@@ -23,11 +23,11 @@ def test_two_training_steps_then_eval(tmp_path):
     assert list((out / "checkpoints").glob("step-*"))  # periodic checkpoint kept
 
     assert load_script("eval").main(["--checkpoint", str(final), "eval.bootstrap_resamples=20"]) == 0
-    metrics = json.loads((final / "eval" / "metrics.json").read_text())
+    metrics = json.loads((final.parent / "final-eval" / "metrics.json").read_text())
     for key in ("bleu_1", "bleu_4", "rouge_l", "cider", "ce_micro_f1", "ce_macro_f1",
                 "baselines.most_frequent.bleu_4", "baselines.most_frequent.ce_micro_f1"):
         assert key in metrics, key
-    assert (final / "eval" / "results.md").is_file()
+    assert (final.parent / "final-eval" / "results.md").is_file()
 
     from medvlm import MedVLMForConditionalGeneration
     assert MedVLMForConditionalGeneration.from_pretrained(str(final)) is not None

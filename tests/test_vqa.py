@@ -80,11 +80,11 @@ def test_finetune_eval_and_answer_on_synthetic_questions(pretrained, tmp_path, c
     assert any("val_vqa_overall_acc" in r for r in log)  # the training evaluator answers questions
     final = out / "final"
     assert main(["eval", "--checkpoint", str(final)]) == 0
-    metrics = json.loads((final / "eval" / "metrics.json").read_text())
+    metrics = json.loads((final.parent / "final-eval" / "metrics.json").read_text())
     for key in ("vqa_closed_acc", "vqa_open_acc", "vqa_overall_acc", "vqa_open_f1",
                 "baselines.majority.vqa_closed_acc", "baselines.question_majority.vqa_overall_acc"):
         assert key in metrics, key
-    rows = [json.loads(line) for line in (final / "eval" / "answers.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (final.parent / "final-eval" / "answers.jsonl").read_text().splitlines()]
     assert len(rows) == metrics["num_samples"] and {"question", "answer", "predicted"} <= set(rows[0])
 
     from medvlm.data.synthetic import make_study

@@ -172,7 +172,7 @@ def explain_generation(model, processor, image, question: str | None = None, lay
     pixels = processor.images([image]).to(device)  # (1, C, S, S)
     positions = model.max_text_positions() or 10**9
     if question:
-        prompt = {k: v.to(device) for k, v in processor.prompts([question]).items()}
+        prompt = {k: v.to(device) for k, v in processor.prompts([question], reserve=max_new_tokens).items()}
         start = prompt["input_ids"].shape[1]
         sequences = model.generate(pixel_values=pixels, **prompt, do_sample=False,
                                    max_new_tokens=max(1, min(max_new_tokens, positions - start)))

@@ -17,6 +17,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.utils import ModelOutput
+from transformers.utils import logging as hf_logging
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -34,6 +35,8 @@ from .losses import (
 )
 from .text import TextTower
 from .vision import VisionTower, init_layer_weights
+
+logger = hf_logging.get_logger(__name__)
 
 
 @dataclass
@@ -345,6 +348,20 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         )
 
     @torch.inference_mode()
+    def _fit_new_tokens_to_positions(self, prompt_length: int, generate_kwargs: dict) -> None:
+        """Lower `max_new_tokens` so that every token fed back fits the text tower's positions
+        (with a warning): past them the position lookup would fail with an index error. The last
+        new token is never fed back, so prompt + new tokens may exceed the positions by one."""
+        positions, wanted = self.max_text_positions(), generate_kwargs.get("max_new_tokens")
+        room = None if positions is None else positions - prompt_length + 1
+        if room is None or wanted is None or wanted <= room:
+            return
+        if room < 1:
+            raise UserError(f"the prompt has {prompt_length} tokens, more than the text tower's {positions} positions")
+        generate_kwargs["max_new_tokens"] = room
+        logger.warning_once(f"max_new_tokens={wanted}: a {prompt_length}-token prompt leaves room for {room} new "
+                            f"tokens in the text tower's {positions} positions; generating at most {room}")
+
     def generate(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -369,6 +386,7 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
             image_kv = self.model.image_keys_values(image_tokens)
         if input_ids is None:
             input_ids = torch.full((image_kv.shape[0], 1), self.config.bos_token_id, device=image_kv.device)
+        self._fit_new_tokens_to_positions(input_ids.shape[1], generate_kwargs)
         implementation = generate_kwargs.pop("cache_implementation", None)
         if implementation not in (None, "dynamic", "static"):
             raise UserError(f"cache_implementation={implementation!r}: MedVLM supports 'dynamic' (default) "

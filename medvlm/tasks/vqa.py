@@ -22,7 +22,8 @@ def answer_questions(model, processor, images, questions: list[str], batch_size:
     answers = []
     for start in range(0, len(questions), batch_size):
         pixels = processor.images(list(images[start:start + batch_size])).to(device)
-        prompt = {k: v.to(device) for k, v in processor.prompts(list(questions[start:start + batch_size])).items()}
+        prompts = processor.prompts(list(questions[start:start + batch_size]), reserve=max_new_tokens)
+        prompt = {k: v.to(device) for k, v in prompts.items()}
         sequences = model.generate(pixel_values=pixels, **prompt, max_new_tokens=max_new_tokens,
                                    do_sample=False, **generate_kwargs)
         answers.extend(processor.decode(sequences, skip_prompt=prompt["input_ids"].shape[1]))
