@@ -34,6 +34,13 @@ def test_an_unknown_config_key_is_one_line_and_exit_status_2(entry):
     _one_error_line(result, "train", "train.max_stepz", "max_steps")
 
 
+def test_an_unknown_timm_model_through_train_py_is_one_line(tmp_path):
+    args = [sys.executable, str(ROOT / "train.py"), "--config", DEMO, f"train.output_dir={tmp_path}", *TINY,
+            "model.vision.model_name=resnet_nonexistent"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    _one_error_line(result, "train", "model.vision.model_name='resnet_nonexistent'", "not a timm model")
+
+
 def test_eval_py_with_a_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert load_script("eval").main(["--checkpoint", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
