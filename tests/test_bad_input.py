@@ -129,7 +129,7 @@ def test_file_that_goes_bad_after_loading(tmp_path):
 
 
 def write_dicom(path, **kwargs):
-    from test_images import write_dicom as write  # noqa: PLC0415 - same helper as the image tests
+    from tiny import write_dicom as write
 
     return write(path, np.arange(12, dtype=np.uint16).reshape(3, 4), **kwargs)
 
@@ -141,7 +141,7 @@ def test_dicom_without_pixel_data(tmp_path):
 
 
 def test_multi_frame_dicom_refused(tmp_path):
-    from test_images import write_dicom as write
+    from tiny import write_dicom as write
 
     write(tmp_path / "cine.dcm", np.zeros((3, 4, 5), np.uint16), frames=3)
     with pytest.raises(DataError, match=r"cine\.dcm: multi-frame DICOM \(3 frames\) is not supported"):

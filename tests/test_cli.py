@@ -24,7 +24,7 @@ def test_unknown_command_lists_the_commands(capsys):
 
 
 def test_generate_writes_jsonl_for_png_jpeg_and_dicom(pretrained, tmp_path):  # noqa: F811
-    from test_images import write_dicom
+    from tiny import write_dicom
 
     pixels = (np.random.default_rng(0).random((40, 36)) * 255).astype(np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")

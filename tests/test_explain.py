@@ -102,7 +102,7 @@ def test_similarity_grad_cam_of_a_model_pooling_its_tokens_is_class_activation_m
     position gets the same gradient, so Grad-CAM equals HiResCAM (each position weighted by its
     own gradient); with the backbone's own last stage on top they differ."""
     from medvlm.explain.targets import default_layer, similarity_cams
-    from test_model import spatial_config
+    from tiny import spatial_config
 
     cams = {}
     for pool_tokens in (True, False):

@@ -7,37 +7,7 @@ from PIL import Image
 
 from medvlm.data.images import ImageTransform, load_image, load_resized, resize_keep_aspect
 from medvlm.data.records import DataError
-
-
-def write_dicom(path, pixels, *, photometric="MONOCHROME2", bits_stored=12, frames=1,
-                pixel_data=True, **elements):
-    """A minimal single- (or multi-) frame uncompressed DICOM written with pydicom itself."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    pixels = np.asarray(pixels, dtype=np.uint16)
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
-    ds.PixelRepresentation = 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    if pixel_data:
-        ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+from tiny import write_dicom
 
 
 def ramp(h=20, w=30, dtype=np.uint8, top=255):

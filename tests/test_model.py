@@ -7,7 +7,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, GPT
 
 from medvlm.errors import UserError
 from medvlm.modeling import MedVLMConfig, MedVLMForConditionalGeneration, MedVLMModel
-from tiny import VOCAB, tiny_config
+from tiny import VOCAB, spatial_config, tiny_config
 
 
 def batch(B=3, T=10, pad_last=3):
@@ -198,15 +198,6 @@ def test_optimizer_groups_exclude_biases_and_norms_from_decay():
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0
     assert sum(map(len, (decay["params"], no_decay["params"]))) == len(list(model.parameters()))
-
-
-SPATIAL = dict(vision="regnetx_002", fusion_null_slot=True, fusion_image_positions=True, fusion_qk_norm=True)
-
-
-def spatial_config():
-    config = tiny_config(**SPATIAL)
-    config.vision["token_reduction"] = 16
-    return MedVLMConfig(**config.to_dict())
 
 
 def test_cnn_tokens_from_a_finer_stage_and_the_null_slot_train_and_reload(tmp_path):

@@ -1,10 +1,13 @@
 """What the tests share that is not a fixture: tiny model configs (random weights, built in
-milliseconds), the tiny-run overrides for the demo preset, and the way to drive the entry scripts.
+milliseconds), the tiny-run overrides for the demo preset, the way to drive the entry scripts, and
+a DICOM writer.
 The fixtures built on these live in conftest.py."""
 
 import importlib.util
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from medvlm.modeling import MedVLMConfig
 
@@ -57,3 +60,45 @@ def tiny_config(text_type: str = "gpt2", vision: str = "vit", **overrides) -> Me
                   bos_token_id=1, eos_token_id=2, pad_token_id=0)
     kwargs.update(overrides)
     return MedVLMConfig(**kwargs)
+
+
+SPATIAL = dict(vision="regnetx_002", fusion_null_slot=True, fusion_image_positions=True, fusion_qk_norm=True)
+
+
+def spatial_config() -> MedVLMConfig:
+    """A tiny CNN model whose cross-attention reads the stride-16 stage, with a null slot, token
+    positions and cosine attention: the settings attention maps depend on."""
+    config = tiny_config(**SPATIAL)
+    config.vision["token_reduction"] = 16
+    return MedVLMConfig(**config.to_dict())
+
+
+def write_dicom(path, pixels, *, photometric="MONOCHROME2", bits_stored=12, frames=1,
+                pixel_data=True, **elements):
+    """A minimal single- (or multi-) frame uncompressed DICOM written with pydicom itself."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    pixels = np.asarray(pixels, dtype=np.uint16)
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    for key, value in elements.items():
+        setattr(ds, key, value)
+    if pixel_data:
+        ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
