@@ -106,3 +106,12 @@ def test_an_answer_longer_than_max_length_is_cut_too(tokenizer, model):
     processor = processor_for(tokenizer, model)
     batch = processor.texts([" ".join(CORPUS[:3] * 12)], prompts=["is there a pneumothorax?"])
     assert batch["input_ids"].shape[1] == 64 and (batch["labels"] != IGNORE_INDEX).any()
+
+
+def test_generation_longer_than_the_positions_stops_at_them(model, caplog):
+    pixels = torch.zeros(1, 1, 32, 32)
+    with caplog.at_level(logging.WARNING):
+        sequences = model.generate(pixel_values=pixels, max_new_tokens=100, min_new_tokens=64)
+    positions = model.max_text_positions()
+    assert sequences.shape[1] == 1 + positions  # every token fed back had a position; the last is never fed
+    assert any("max_new_tokens=100" in r.getMessage() for r in caplog.records)
