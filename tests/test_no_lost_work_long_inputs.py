@@ -115,3 +115,22 @@ def test_generation_longer_than_the_positions_stops_at_them(model, caplog):
     positions = model.max_text_positions()
     assert sequences.shape[1] == 1 + positions  # every token fed back had a position; the last is never fed
     assert any("max_new_tokens=100" in r.getMessage() for r in caplog.records)
+
+
+def test_report_generation_is_quiet_about_attention_masks(model, monkeypatch):
+    """Starting from BOS alone, generate gets an all-ones mask (same tokens as passing it), and the
+    text tower, which gets no mask exactly when none is needed, does not warn about pad ids (the
+    filler fed to finished sequences)."""
+    pixels = torch.rand(2, 1, 32, 32)
+    bos = torch.full((2, 1), model.config.bos_token_id)
+    implicit = model.generate(pixel_values=pixels, max_new_tokens=6, num_beams=2)
+    explicit = model.generate(pixel_values=pixels, input_ids=bos, attention_mask=torch.ones_like(bos),
+                              max_new_tokens=6, num_beams=2)
+    assert torch.equal(implicit, explicit)
+    import transformers.modeling_utils
+
+    said = []
+    monkeypatch.setattr(transformers.modeling_utils.logger, "warning_once", lambda *a, **k: said.append(a))
+    with_pad = torch.tensor([[model.config.bos_token_id, 5, model.config.pad_token_id]])
+    model.model.text(with_pad, None, None, None)
+    assert said == []

@@ -384,8 +384,9 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         if image_kv is None:
             image_tokens, _ = self.model.encode_image(pixel_values)
             image_kv = self.model.image_keys_values(image_tokens)
-        if input_ids is None:
+        if input_ids is None:  # reports start from BOS alone: nothing is padding, as the mask says
             input_ids = torch.full((image_kv.shape[0], 1), self.config.bos_token_id, device=image_kv.device)
+            attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         self._fit_new_tokens_to_positions(input_ids.shape[1], generate_kwargs)
         implementation = generate_kwargs.pop("cache_implementation", None)
         if implementation not in (None, "dynamic", "static"):

@@ -54,6 +54,10 @@ class TextTower(nn.Module):
             self.model.pooler = None  # BERT's [CLS] pooler is unused: we pool at the end token
         self.hidden_size = self.model.config.hidden_size
         self.num_layers = self.model.config.num_hidden_layers
+        # The tower gets no mask exactly when none is needed (MedVLMModel passes None where SDPA's
+        # causal flag is exact); transformers would then warn about "padding" whenever a pad id
+        # appears, e.g. the filler generate feeds to finished sequences, whose outputs are dropped.
+        self.model.warn_if_padding_and_no_attention_mask = lambda input_ids, attention_mask: None
 
     def load_pretrained(self, path: str | Path) -> None:
         """Copy weights from a local transformers checkpoint of the same architecture."""
