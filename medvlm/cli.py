@@ -99,7 +99,7 @@ def train_main(argv: list[str] | None = None) -> int:
     print(f"[medvlm] model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     evaluate_fn, collate = training_hooks(cfg, processor, validation_records)  # per architecture / task
     trainer = Trainer(cfg, model, processor, train_records, validation_records,
-                      evaluate_fn=evaluate_fn, collate=collate)
+                      evaluate_fn=evaluate_fn, collate=collate, resume_path=resume_from)
     final = trainer.train()
     print(f"[medvlm] saved {final}")
     return 0

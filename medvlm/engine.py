@@ -105,12 +105,17 @@ class Trainer:
         validation_records=None,
         evaluate_fn: Callable | None = None,
         collate: Callable | None = None,
+        resume_path: Path | None | str = "from config",
     ):
         """evaluate_fn(model, records) -> dict of metrics, run every `train.eval_every` steps on
         up to `train.eval_samples` validation records (e.g. generation metrics).
         collate: turns RecordDataset items into the model's keyword arguments (default: report
-        tokens via `Collator`); any model whose output has a `loss` trains here."""
+        tokens via `Collator`); any model whose output has a `loss` trains here.
+        resume_path: the checkpoint `resolve_resume` already chose (None: start fresh), so a
+        caller that needed it earlier (for its tokenizer) does not search and report twice;
+        by default `train.resume` is resolved here."""
         self.cfg = run_config
+        self.resume_path = resume_path
         t = run_config.train
         self.output_dir = Path(t.output_dir)
         self.accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
@@ -281,7 +286,7 @@ class Trainer:
         """Run info, resume (weights, optimizer, data position, random generators), writers."""
         t = self.cfg.train
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        resume_path = resolve_resume(self.cfg)
+        resume_path = resolve_resume(self.cfg) if self.resume_path == "from config" else self.resume_path
         if resume_path is None and t.resume is None:
             self._refuse_to_overwrite_an_earlier_run()
         log_rows = self._read_log_for_resume() if t.resume is not None else None

@@ -113,3 +113,8 @@ def test_list_checkpoints_says_why_each_other_entry_is_not_one(tmp_path):
     assert set(why) == {"step-0000002.bak", "step-3-eval", ".tmp-step-0000012-77", "step-0000004"}
     assert "a file not named" in why["step-0000004"] and "interrupted" in why[".tmp-step-0000012-77"]
     assert list_checkpoints(tmp_path / "none") == ([], [])
+
+
+def test_resume_auto_with_nothing_to_resume_searches_and_says_so_once(tmp_path, capsys):
+    assert cli.main(train_argv(tmp_path / "new", "train.resume=auto", "train.max_steps=1")) == 0
+    assert capsys.readouterr().out.count("resume auto: no complete checkpoint") == 1
