@@ -11,7 +11,6 @@ alike; the figures are medians. Prints one JSON document.
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -123,7 +122,7 @@ def main(argv=None) -> dict:
         models=models, skipped=skipped,
     )
     result["ratios"], result["targets"] = ratios_and_targets(models)
-    result["machine"]["loadavg_end"] = list(os.getloadavg())
+    common.finish_machine(result)
     common.dump(result, args.out)
     return result
 

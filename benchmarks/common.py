@@ -294,12 +294,51 @@ def result_header(benchmark: str, args) -> dict:
 
 
 def machine(threads: int) -> dict:
-    return {
+    """The machine a figure belongs to: CPU, BLAS, versions, threads and the load at the start.
+    A start load above the thread count means other processes were competing for the cores: the
+    figures are marked (`overloaded_at_start`) and a warning goes to stderr."""
+    load = list(os.getloadavg())
+    info = {
+        "cpu": cpu_name(),
+        "blas": blas_library(),
         "torch": torch.__version__,
         "threads": threads,
         "cpu_count": os.cpu_count(),
-        "loadavg_start": list(os.getloadavg()),
+        "loadavg_start": load,
+        "overloaded_at_start": load[0] > threads,
     }
+    if info["overloaded_at_start"]:
+        print(f"WARNING: load average {load[0]:.2f} at the start exceeds the {threads} threads this benchmark "
+              "uses: other processes compete for the cores and the figures will be slow (marked in the JSON)",
+              file=sys.stderr)
+    return info
+
+
+def finish_machine(result: dict) -> None:
+    """Record the load average at the end beside the one at the start."""
+    result["machine"]["loadavg_end"] = list(os.getloadavg())
+
+
+def cpu_name() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (with the vendor id when the name alone, as
+    in some VMs, says little), else what the platform module knows."""
+    import platform
+
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        return " / ".join(filter(None, [fields.get("model name"), fields.get("vendor_id")]))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def blas_library() -> dict:
+    """torch's BLAS (`BLAS_INFO`) and the version line of its library from `torch.__config__.show()`."""
+    config = torch.__config__.show()
+    info = re.search(r"BLAS_INFO=(\w+)", config)
+    version = next((line.strip(" -") for line in config.splitlines()
+                    if re.search(r"Math Kernel Library|OpenBLAS|BLIS|Accelerate|Arm Performance", line)), None)
+    return {"name": info.group(1) if info else None, "version": version}
 
 
 def ratio(ours: float | None, peer: float | None) -> float | None:

@@ -252,6 +252,10 @@ class EvalConfig:
     # report generation with a static KV cache and a compiled decode step (torch.compile through
     # generate): one compilation per batch shape first, then cheaper steps; README "Performance"
     compile_decoding: bool = False
+    # weights of the model that generates the reports on the CPU: bf16 halves the bytes each
+    # decoding step reads, int8 (dynamic quantisation of the linear maps) quarters them; README
+    # "Performance" gives the speed and how often the reports' CE labels agree with fp32
+    weights: Literal["fp32", "bf16", "int8"] = "fp32"
     bootstrap_resamples: int = setting(200, min=1)
     seed: int = setting(0, min=0)
     # how uncertain (-1) labels count in clinical efficacy (medvlm.metrics.chexpert.efficacy)

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from medvlm.modeling.kernels import (
-    FEW_ROWS, IGNORE_INDEX, FewRowLinear, LinearCrossEntropy, caption_cross_entropy, caption_cross_entropy_reference,
-    few_row_linear, linear_reference,
+    FEW_ROW_FORMS, FEW_ROWS, FORM_ENV, IGNORE_INDEX, MIN_CHOSEN_WEIGHT, TRIALS_PER_FORM, FewRowLinear,
+    LinearCrossEntropy, caption_cross_entropy, caption_cross_entropy_reference, few_row_linear, form_choices,
+    linear_reference, reset_form_choices,
 )
 
 
@@ -19,16 +20,15 @@ def values_and_gradients(fn, leaves: list[torch.Tensor | None], *args):
     return out.detach(), [leaf.grad for leaf in leaves if leaf is not None]
 
 
+@pytest.mark.parametrize("form", sorted(FEW_ROW_FORMS))
 @pytest.mark.parametrize("rows", [1, 2, 8, FEW_ROWS + 1])
 @pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("three_d", [False, True])
-def test_few_row_linear_equals_f_linear_with_gradients(rows, with_bias, three_d):
+def test_every_few_row_form_equals_f_linear_with_gradients(form, rows, with_bias):
     torch.manual_seed(0)
-    shape = (1, rows, 24) if three_d else (rows, 24)
-    leaves = [torch.randn(*shape), torch.randn(40, 24), torch.randn(40) if with_bias else None]
-    ours, our_grads = values_and_gradients(few_row_linear, leaves)
+    leaves = [torch.randn(rows, 24), torch.randn(40, 24), torch.randn(40) if with_bias else None]
+    ours, our_grads = values_and_gradients(FEW_ROW_FORMS[form], leaves)
     reference, reference_grads = values_and_gradients(linear_reference, leaves)
-    assert ours.shape == reference.shape == (*shape[:-1], 40)
+    assert ours.shape == reference.shape == (rows, 40)
     assert ours.is_contiguous()
     torch.testing.assert_close(ours, reference)
     assert len(our_grads) == (3 if with_bias else 2)
@@ -36,14 +36,54 @@ def test_few_row_linear_equals_f_linear_with_gradients(rows, with_bias, three_d)
         torch.testing.assert_close(a, b)
 
 
-def test_few_row_linear_is_f_linear_outside_its_case():
+@pytest.fixture
+def fresh_choices(monkeypatch):
+    monkeypatch.delenv(FORM_ENV, raising=False)
+    reset_form_choices()
+    yield
+    reset_form_choices()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8, FEW_ROWS + 1])
+@pytest.mark.parametrize("three_d", [False, True])
+def test_few_row_linear_times_the_forms_then_keeps_the_fastest(fresh_choices, rows, three_d):
     torch.manual_seed(0)
-    x, weight, bias = torch.randn(2, 3, 24, dtype=torch.float64), torch.randn(40, 24, dtype=torch.float64), None
-    assert torch.equal(few_row_linear(x, weight, bias), linear_reference(x, weight, bias))  # float64: F.linear itself
+    shape = (1, rows, 512) if three_d else (rows, 512)
+    x, weight, bias = torch.randn(*shape), torch.randn(MIN_CHOSEN_WEIGHT // 512, 512), torch.randn(256)
+    reference = linear_reference(x, weight, bias)
+    trial_calls = len(FEW_ROW_FORMS) * (TRIALS_PER_FORM + 1)
+    with torch.inference_mode():
+        outputs = [few_row_linear(x, weight, bias) for _ in range(trial_calls + 2)]
+    for out in outputs:
+        assert out.shape == reference.shape and out.is_contiguous()
+        torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-4)  # sums of 512 products, any order
+    choices = form_choices()
+    if rows > FEW_ROWS:
+        assert choices == {}  # F.linear, nothing timed
+        return
+    (key, choice), = choices.items()
+    assert key == f"256x512 rows={rows} float32 bias=True threads={torch.get_num_threads()}"
+    assert choice["form"] in FEW_ROW_FORMS
+    times = choice["median_us"]
+    assert set(times) == set(FEW_ROW_FORMS) and choice["form"] == min(times, key=times.get)
+
+
+def test_few_row_linear_takes_f_linear_with_gradients_small_weights_or_the_form_named(fresh_choices, monkeypatch):
+    torch.manual_seed(0)
+    x, weight = torch.randn(1, 512), torch.randn(MIN_CHOSEN_WEIGHT // 512, 512)
+    assert torch.equal(few_row_linear(x, weight), linear_reference(x, weight))  # gradients on: F.linear
+    with torch.inference_mode():
+        small = torch.randn(40, 24)
+        assert torch.equal(few_row_linear(x[:, :24], small), linear_reference(x[:, :24], small))
+        x64, w64 = x.double(), weight.double()
+        monkeypatch.setenv(FORM_ENV, "columns")
+        assert torch.equal(few_row_linear(x64, w64), FEW_ROW_FORMS["columns"](x64, w64))
+        monkeypatch.setenv(FORM_ENV, "fastest")
+        with pytest.raises(ValueError, match=FORM_ENV):
+            few_row_linear(x, weight)
+    assert form_choices() == {}
     layer = FewRowLinear(24, 40)
     assert list(layer.state_dict()) == ["weight", "bias"]  # the keys of an nn.Linear
-    x = torch.randn(1, 1, 24)
-    torch.testing.assert_close(layer(x), linear_reference(x, layer.weight, layer.bias))
 
 
 def caption_targets(N: int, V: int) -> torch.Tensor:

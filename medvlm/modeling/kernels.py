@@ -1,12 +1,17 @@
 """Speed-ups, each beside the plain reference it equals (tests/test_kernels.py holds them equal).
 
-- `few_row_linear` (reference `linear_reference`): `F.linear` for decoding steps, computed as the
-  weight matrix times a few columns on the CPU; `FewRowLinear` is the nn.Linear that uses it.
+- `few_row_linear` (reference `linear_reference`): `F.linear` for decoding steps, in whichever of
+  its equal forms (`FEW_ROW_FORMS`) the first calls measured fastest on this machine;
+  `FewRowLinear` is the nn.Linear that uses it.
 - `caption_cross_entropy` (reference `caption_cross_entropy_reference`): the LM head's
   cross-entropy in row chunks (`LinearCrossEntropy`), never holding the (N, V) logits.
 
 Measured figures: docs/performance.md.
 """
+
+import os
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +19,14 @@ from torch import nn
 
 IGNORE_INDEX = -100  # target value the cross-entropy skips (pads, prompt tokens); PyTorch's default
 
-# Rows (tokens in a batch) up to which `few_row_linear` takes its matrix-product form.
+# Rows (tokens in a batch) up to which `few_row_linear` chooses a form by measurement.
 FEW_ROWS = 64
+# Smaller weights (elements) take F.linear: their products cost the call, not the read of the weight.
+MIN_CHOSEN_WEIGHT = 1 << 17
+# Timed calls per form before choosing (after one untimed call each), and the environment
+# variable that fixes the form instead (e.g. to compare forms in a benchmark).
+TRIALS_PER_FORM = 5
+FORM_ENV = "MEDVLM_FEW_ROW_FORM"
 
 
 def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -23,21 +34,103 @@ def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return F.linear(x, weight, bias)
 
 
+def columns_form(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear` of rows x (R, in) as the (out, in) weight times R columns, (W @ x^T)^T, with a
+    lone row repeated: one column would be a matrix-vector product again. Some BLAS builds read
+    the weight several times faster this way (MKL on AMD EPYC: 50 against 14 GB/s for a 30522 x
+    384 LM head), others slower (docs/performance.md)."""
+    rows = x.shape[0]
+    columns = torch.cat([x, x]) if rows == 1 else x  # (R', in)
+    out_t = weight @ columns.T if bias is None else torch.addmm(bias[:, None], weight, columns.T)  # (out, R')
+    # contiguous rows: attention kernels (SDPA's flash path on the CPU) want a unit last stride
+    return out_t.T[:rows].contiguous()
+
+
+# The forms `few_row_linear` chooses between: name -> fn(x (R, in), weight (out, in), bias) -> (R, out)
+FEW_ROW_FORMS = {"linear": linear_reference, "columns": columns_form}
+
+
+class FormChoice:
+    """The measured choice of form for one kind of call: (weight shape, rows, dtype, bias or not,
+    thread count). The first calls take each form in turn and are timed; once every form has
+    TRIALS_PER_FORM timed calls, the one with the lowest median is used from then on. The trials
+    run inside real decoding, so they see the weights as decoding does: streamed from memory,
+    not warm in the cache as a loop over one matrix would have them."""
+
+    def __init__(self):
+        self.seconds = {name: [] for name in FEW_ROW_FORMS}
+        self.untimed = set(FEW_ROW_FORMS)
+        self.chosen: str | None = None
+
+    def next_trial(self) -> str:
+        return min(self.seconds, key=lambda name: (name not in self.untimed, len(self.seconds[name])))
+
+    def record(self, name: str, seconds: float) -> None:
+        if name in self.untimed:
+            self.untimed.discard(name)  # the first call of a form may pay one-time set-up
+            return
+        self.seconds[name].append(seconds)
+        if all(len(s) >= TRIALS_PER_FORM for s in self.seconds.values()):
+            self.chosen = min(self.seconds, key=lambda name: statistics.median(self.seconds[name]))
+
+    def summary(self) -> dict:
+        return {"form": self.chosen,
+                "median_us": {name: round(statistics.median(s) * 1e6, 1) if s else None
+                              for name, s in self.seconds.items()}}
+
+
+_CHOICES: dict[tuple, FormChoice] = {}
+
+
+def form_choices() -> dict[str, dict]:
+    """What this process measured and chose so far, by "out x in, rows, dtype, bias, threads"."""
+    return {f"{out}x{inp} rows={rows} {str(dtype).removeprefix('torch.')} bias={bias} threads={threads}":
+            choice.summary() for (out, inp, rows, dtype, bias, threads), choice in _CHOICES.items()}
+
+
+def reset_form_choices() -> None:
+    _CHOICES.clear()
+
+
 def few_row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear` for a decoding step. With at most FEW_ROWS rows of float32 on the CPU it computes
-    (weight @ x^T)^T, one row repeated when there is only one: BLAS reads the (out, in) matrix
-    several times faster as a product with a few columns than as a matrix-vector product or a
-    product of a few rows with its transpose, and a decoding step is bound by that read. Same
-    values up to float32 rounding; elsewhere (more rows, other dtypes, GPUs) it is `F.linear`."""
+    """`F.linear(x, weight, bias)`, for decoding steps in its fastest form on this machine.
+
+    Inference on the CPU with at most FEW_ROWS rows and a weight of at least MIN_CHOSEN_WEIGHT
+    elements is bound by reading the weight, and which form of the product BLAS reads fastest
+    depends on the CPU and the BLAS build; so each kind of call is timed in every form of
+    FEW_ROW_FORMS at first (see FormChoice) and then takes the fastest, or the form named by the
+    MEDVLM_FEW_ROW_FORM environment variable. The forms agree up to float rounding. Calls with
+    gradients always take F.linear, so that training does not depend on timings (a resumed run
+    repeats the uninterrupted one exactly); so do compiled graphs until a choice is made."""
     rows = x.numel() // x.shape[-1]
-    if rows > FEW_ROWS or x.device.type != "cpu" or x.dtype != torch.float32:
+    if (rows > FEW_ROWS or x.device.type != "cpu" or weight.numel() < MIN_CHOSEN_WEIGHT
+            or torch.is_grad_enabled()):
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])  # (rows, in)
-    if rows == 1:
-        flat = torch.cat([flat, flat])  # two real columns: one column would be a matrix-vector product again
-    out_t = weight @ flat.T if bias is None else torch.addmm(bias[:, None], weight, flat.T)  # (out, rows')
-    # contiguous rows: attention kernels (SDPA's flash path on the CPU) want a unit last stride
-    return out_t.T[:rows].contiguous().view(*x.shape[:-1], weight.shape[0])
+    fixed = os.environ.get(FORM_ENV)
+    if fixed:
+        if fixed not in FEW_ROW_FORMS:
+            raise ValueError(f"{FORM_ENV}={fixed!r}: expected one of {', '.join(FEW_ROW_FORMS)}")
+        out = FEW_ROW_FORMS[fixed](flat, weight, bias)
+    else:
+        out = _chosen_form(flat, weight, bias)
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def _chosen_form(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    key = (*weight.shape, flat.shape[0], flat.dtype, bias is not None, torch.get_num_threads())
+    choice = _CHOICES.get(key)
+    if choice is None:
+        choice = _CHOICES[key] = FormChoice()
+    if choice.chosen is not None:
+        return FEW_ROW_FORMS[choice.chosen](flat, weight, bias)
+    if torch.compiler.is_compiling():  # a traced graph cannot time itself
+        return F.linear(flat, weight, bias)
+    name = choice.next_trial()
+    start = time.perf_counter()
+    out = FEW_ROW_FORMS[name](flat, weight, bias)
+    choice.record(name, time.perf_counter() - start)
+    return out
 
 
 class FewRowLinear(nn.Linear):

@@ -233,6 +233,8 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = MedVLMModel(config)
         self.lm_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        # an int8 copy of the head for CPU generation, set by inference_weights.quantized_int8
+        self.quantized_lm_head: nn.Module | None = None
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -241,6 +243,8 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
             init.zeros_(module.lm_bias)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.quantized_lm_head is not None:
+            return self.quantized_lm_head(hidden)
         # weight tying by construction: the head is the embedding matrix, so nothing to re-tie on load
         return few_row_linear(hidden, self.model.text.token_embeddings.weight, self.lm_bias)  # (B, T, V)
 

@@ -16,6 +16,7 @@ from ..metrics.bootstrap import bootstrap_intervals
 from ..metrics.chexpert import clinical_efficacy, label_generated_reports, label_reports
 from ..metrics.nlg import compute_nlg
 from ..modeling import compile_on_any_device
+from ..modeling.inference_weights import for_generation
 from ..processing import MedVLMProcessor
 from ..results import TaskResult
 from .embeddings import image_batches, image_embeddings
@@ -45,7 +46,8 @@ def generation_kwargs(cfg: EvalConfig) -> dict:
 @torch.no_grad()
 def reports_for_pixels(model, processor: MedVLMProcessor, pixels: torch.Tensor, **gen_kwargs) -> list[str]:
     """One report per image of a (B, C, S, S) batch."""
-    sequences = model.generate(pixel_values=pixels.to(next(model.parameters()).device), **gen_kwargs)
+    first = next(model.parameters())  # bf16 weights take bf16 pixels
+    sequences = model.generate(pixel_values=pixels.to(first.device, first.dtype), **gen_kwargs)
     return processor.decode(sequences)
 
 
@@ -94,7 +96,8 @@ def evaluate_report_generation(model, processor, test_records, train_records, cf
     """NLG and clinical-efficacy metrics with bootstrap intervals (`ci.*`), the same for every
     baseline (`baselines.<name>.*`); artefact `generations.jsonl`."""
     references = [r["text"] for r in test_records]
-    generated = generate_reports(model, processor, test_records, cfg.batch_size, **generation_kwargs(cfg))
+    generator = for_generation(model, cfg.weights)  # the model itself unless eval.weights is bf16/int8
+    generated = generate_reports(generator, processor, test_records, cfg.batch_size, **generation_kwargs(cfg))
     ref_labels, gen_labels = label_reports(references), label_generated_reports(generated)
     metrics, intervals = _scored_with_intervals(references, generated, ref_labels, gen_labels, cfg)
     metrics.update({f"ci.{k}" if not k.startswith("ci.") else k: v for k, v in intervals.items()})

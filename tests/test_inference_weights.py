@@ -1,0 +1,55 @@
+"""bf16 and int8 weights for CPU report generation (medvlm.modeling.inference_weights)."""
+
+import pytest
+import torch
+from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+from transformers.pytorch_utils import Conv1D
+
+from medvlm.modeling import MedVLMForConditionalGeneration
+from medvlm.modeling.inference_weights import for_generation, quantized_int8
+from tiny import tiny_config
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MedVLMForConditionalGeneration(tiny_config("gpt2")).eval()
+
+
+def logits_of(model, pixels, ids):
+    with torch.inference_mode():
+        return model(ids, pixel_values=pixels.to(next(model.parameters()).dtype)).logits.float()
+
+
+def test_int8_quantises_every_linear_map_and_leaves_the_model_alone(model):
+    torch.manual_seed(1)
+    pixels, ids = torch.randn(2, 1, 32, 32), torch.randint(3, 64, (2, 9))
+    before = logits_of(model, pixels, ids)
+    quantized = quantized_int8(model)
+    int8 = [m for m in quantized.modules() if isinstance(m, DynamicQuantizedLinear)]
+    float_linear = [m for m in quantized.modules() if isinstance(m, (nn.Linear, Conv1D))]
+    assert int8 and not float_linear
+    assert isinstance(quantized.quantized_lm_head, DynamicQuantizedLinear)
+    # the original keeps its float layers and gives the same logits as before
+    assert model.quantized_lm_head is None and any(isinstance(m, Conv1D) for m in model.modules())
+    torch.testing.assert_close(logits_of(model, pixels, ids), before)
+    after = logits_of(quantized, pixels, ids)
+    assert after.shape == before.shape
+    # int8 weights with one scale per row: close to float, not equal
+    error = (after - before).abs().max() / before.abs().max()
+    assert 0 < error < 0.05, error
+    top = (after.argmax(-1) == before.argmax(-1)).float().mean()
+    assert top >= 0.9, top
+
+
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "int8"])
+def test_every_weight_format_generates(model, weights):
+    generator = for_generation(model, weights)
+    assert (generator is model) == (weights == "fp32")
+    pixels = torch.randn(2, 1, 32, 32).to(next(generator.parameters()).dtype)
+    with torch.inference_mode():
+        out = generator.generate(pixel_values=pixels, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    assert out.shape == (2, 7)
+    with pytest.raises(ValueError, match="fp32, bf16, int8"):
+        for_generation(model, "int4")
