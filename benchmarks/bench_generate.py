@@ -39,7 +39,7 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", nargs="+", default=list(common.MODELS), help="subset of " + ", ".join(common.MODELS))
     p.add_argument("--variants", nargs="*", default=[],
-                   choices=["bf16", "bf16_weights", "compile", "bf16_weights+compile"],
+                   choices=["bf16", "bf16_weights", "int8_weights", "compile", "bf16_weights+compile"],
                    help="also time medvlm with these options, each as its own entry (medvlm+bf16, ...)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--out", help="also write the JSON here")

@@ -62,7 +62,7 @@ class Unavailable(Exception):
 class MedVLMRunner:
     """Ours; `options` are the optional speed paths: "bf16" (CPU autocast; for training),
     "bf16_weights" (the model cast to bfloat16; for generation, where autocast would re-cast
-    every weight at every step), "ckpt" (activation
+    every weight at every step), "int8_weights" (int8 linear maps; generation only), "ckpt" (activation
     checkpointing through HF's `activation_checkpointing_enable`), "compile" (torch.compile of the
     training step; in generation a static KV cache and a compiled decode step),
     "no_dropout" (the GPT-2 tower without its default 0.1 dropouts, as open_clip's CoCa)."""
@@ -85,12 +85,16 @@ class MedVLMRunner:
         self.model = MedVLMForConditionalGeneration(cfg)
         self.notes = ["both losses: contrastive + caption (weights 1 and 2)",
                       "GPT-2 text tower with its default dropout 0.1 (CoCa has none; see option no_dropout)"]
-        unknown = set(options) - {"bf16", "bf16_weights", "ckpt", "compile", "no_dropout"}
+        unknown = set(options) - {"bf16", "bf16_weights", "int8_weights", "ckpt", "compile", "no_dropout"}
         if unknown:
             raise ValueError(f"unknown medvlm options {sorted(unknown)}")
         self.autocast = "bf16" in options
         self.dtype = torch.bfloat16 if "bf16_weights" in options else torch.float32
         self.model.to(self.dtype)
+        if "int8_weights" in options:  # generation only: int8 linear maps (medvlm.modeling.inference_weights)
+            from medvlm.modeling.inference_weights import quantized_int8
+
+            self.model = quantized_int8(self.model)
         if "ckpt" in options:
             self.model.activation_checkpointing_enable()
         compiled = "compile" in options

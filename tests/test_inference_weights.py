@@ -53,3 +53,30 @@ def test_every_weight_format_generates(model, weights):
     assert out.shape == (2, 7)
     with pytest.raises(ValueError, match="fp32, bf16, int8"):
         for_generation(model, "int4")
+
+
+def test_weights_agreement_benchmark_compares_every_format_with_fp32(pretrained, tmp_path, capsys):
+    import json
+    import sys
+
+    from tiny import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import weights_agreement
+
+    threads = torch.get_num_threads()
+    try:
+        result = weights_agreement.main(["--checkpoint", str(pretrained), "--max-samples", "4", "--batch-size", "2",
+                                         "--threads", "1", "--out", str(tmp_path / "a.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "a.json").read_text()) == result
+    assert result["reports"] == 4 and set(result["formats"]) == {"fp32", "bf16", "int8"}
+    assert "label_agreement" not in result["formats"]["fp32"]
+    for weights in ("bf16", "int8"):
+        entry = result["formats"][weights]
+        for key in ("label_agreement", "reports_all_labels_agree", "reports_identical"):
+            assert 0.0 <= entry[key] <= 1.0
+        assert entry["label_agreement"] >= entry["reports_all_labels_agree"]
+        assert entry["s"] > 0 and entry["speedup_vs_fp32"] > 0
+    capsys.readouterr()

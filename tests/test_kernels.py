@@ -5,7 +5,8 @@ import torch
 
 from medvlm.modeling.kernels import (
     FEW_ROW_FORMS, FEW_ROWS, FORM_ENV, IGNORE_INDEX, MIN_CHOSEN_WEIGHT, TRIALS_PER_FORM, FewRowLinear,
-    LinearCrossEntropy, caption_cross_entropy, caption_cross_entropy_reference, few_row_linear, form_choices,
+    LinearCrossEntropy, caption_cross_entropy, caption_cross_entropy_reference, choose_forms_now, few_row_linear,
+    form_choices,
     linear_reference, reset_form_choices,
 )
 
@@ -127,3 +128,17 @@ def test_chunked_cross_entropy_under_bf16_autocast_is_close_and_keeps_float32_gr
     reference, _ = values_and_gradients(caption_cross_entropy_reference, leaves, targets)
     assert ours.dtype == torch.float32 and all(g.dtype == torch.float32 for g in grads)
     assert abs(ours.item() - reference.item()) < 0.05 * reference.item()
+
+
+def test_forms_can_be_chosen_before_a_compiled_graph_needs_them(fresh_choices):
+    torch.manual_seed(0)
+    layers = [(torch.randn(MIN_CHOSEN_WEIGHT // 256, 256), torch.randn(MIN_CHOSEN_WEIGHT // 256)),
+              (torch.randn(MIN_CHOSEN_WEIGHT // 128, 128), None), (torch.randn(8, 8), None)]  # the last: too small
+    choose_forms_now(layers, rows=3)
+    choices = form_choices()
+    assert len(choices) == 2 and all(c["form"] in FEW_ROW_FORMS for c in choices.values())
+    with torch.inference_mode():  # taken from now on, nothing more timed
+        x = torch.randn(3, 256)
+        torch.testing.assert_close(few_row_linear(x, *layers[0]), linear_reference(x, *layers[0]),
+                                   rtol=1e-5, atol=1e-4)
+    assert form_choices() == choices

@@ -57,10 +57,11 @@ class FormChoice:
     run inside real decoding, so they see the weights as decoding does: streamed from memory,
     not warm in the cache as a loop over one matrix would have them."""
 
-    def __init__(self):
+    def __init__(self, on_choice=None):
         self.seconds = {name: [] for name in FEW_ROW_FORMS}
         self.untimed = set(FEW_ROW_FORMS)
         self.chosen: str | None = None
+        self.on_choice = on_choice  # called with the form's name once chosen
 
     def next_trial(self) -> str:
         return min(self.seconds, key=lambda name: (name not in self.untimed, len(self.seconds[name])))
@@ -72,6 +73,8 @@ class FormChoice:
         self.seconds[name].append(seconds)
         if all(len(s) >= TRIALS_PER_FORM for s in self.seconds.values()):
             self.chosen = min(self.seconds, key=lambda name: statistics.median(self.seconds[name]))
+            if self.on_choice:
+                self.on_choice(self.chosen)
 
     def summary(self) -> dict:
         return {"form": self.chosen,
@@ -80,6 +83,9 @@ class FormChoice:
 
 
 _CHOICES: dict[tuple, FormChoice] = {}
+# The chosen forms by (out, in, rows, dtype, bias), for compiled graphs: torch.get_num_threads,
+# part of _CHOICES' keys, cannot be called in a traced graph
+_FOR_GRAPHS: dict[tuple, str] = {}
 
 
 def form_choices() -> dict[str, dict]:
@@ -90,6 +96,7 @@ def form_choices() -> dict[str, dict]:
 
 def reset_form_choices() -> None:
     _CHOICES.clear()
+    _FOR_GRAPHS.clear()
 
 
 def few_row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -107,25 +114,59 @@ def few_row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
             or torch.is_grad_enabled()):
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])  # (rows, in)
-    fixed = os.environ.get(FORM_ENV)
+    if torch.compiler.is_compiling():  # a traced graph cannot time itself: the choice made before, if any
+        name = _FOR_GRAPHS.get((*weight.shape, rows, x.dtype, bias is not None), "linear")
+        return FEW_ROW_FORMS[name](flat, weight, bias).view(*x.shape[:-1], weight.shape[0])
+    fixed = _fixed_form()
     if fixed:
-        if fixed not in FEW_ROW_FORMS:
-            raise ValueError(f"{FORM_ENV}={fixed!r}: expected one of {', '.join(FEW_ROW_FORMS)}")
         out = FEW_ROW_FORMS[fixed](flat, weight, bias)
     else:
         out = _chosen_form(flat, weight, bias)
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
-def _chosen_form(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    key = (*weight.shape, flat.shape[0], flat.dtype, bias is not None, torch.get_num_threads())
+def _fixed_form() -> str | None:
+    fixed = os.environ.get(FORM_ENV)
+    if fixed and fixed not in FEW_ROW_FORMS:
+        raise ValueError(f"{FORM_ENV}={fixed!r}: expected one of {', '.join(FEW_ROW_FORMS)}")
+    return fixed or None
+
+
+def _choice_for(weight: torch.Tensor, rows: int, dtype: torch.dtype, has_bias: bool) -> FormChoice:
+    key = (*weight.shape, rows, dtype, has_bias, torch.get_num_threads())
     choice = _CHOICES.get(key)
     if choice is None:
-        choice = _CHOICES[key] = FormChoice()
+        choice = _CHOICES[key] = FormChoice(on_choice=lambda name: _FOR_GRAPHS.__setitem__(key[:-1], name))
+    return choice
+
+
+@torch.inference_mode()
+def choose_forms_now(layers: list[tuple[torch.Tensor, torch.Tensor | None]], rows: int) -> None:
+    """Make the choice for each (weight, bias) at `rows` rows before a compiled graph needs it
+    (a graph being traced cannot time itself, and would take F.linear): random rows through all
+    the layers in turn, each form in turn, as in decoding, so the weights stream from memory.
+    With MEDVLM_FEW_ROW_FORM set, that form is recorded instead."""
+    fixed = _fixed_form()
+    if fixed:
+        for weight, bias in layers:
+            _FOR_GRAPHS[(*weight.shape, rows, weight.dtype, bias is not None)] = fixed
+        return
+    layers = [(w, b) for w, b in layers if w.device.type == "cpu" and w.numel() >= MIN_CHOSEN_WEIGHT]
+    inputs = [torch.randn(rows, w.shape[1], dtype=w.dtype) for w, _ in layers]
+    for _ in range(len(FEW_ROW_FORMS) * (TRIALS_PER_FORM + 1)):
+        for (weight, bias), x in zip(layers, inputs):
+            choice = _choice_for(weight, rows, x.dtype, bias is not None)
+            if choice.chosen is None:
+                name = choice.next_trial()
+                start = time.perf_counter()
+                FEW_ROW_FORMS[name](x, weight, bias)
+                choice.record(name, time.perf_counter() - start)
+
+
+def _chosen_form(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    choice = _choice_for(weight, flat.shape[0], flat.dtype, bias is not None)
     if choice.chosen is not None:
         return FEW_ROW_FORMS[choice.chosen](flat, weight, bias)
-    if torch.compiler.is_compiling():  # a traced graph cannot time itself
-        return F.linear(flat, weight, bias)
     name = choice.next_trial()
     start = time.perf_counter()
     out = FEW_ROW_FORMS[name](flat, weight, bias)

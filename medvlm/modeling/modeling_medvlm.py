@@ -25,7 +25,7 @@ from ..errors import UserError
 from .cache import PreallocatedCache, StaticDecoderCache
 from .configuration_medvlm import MedVLMConfig
 from .fusion import CrossAttention, FusionBlock
-from .kernels import few_row_linear
+from .kernels import FewRowLinear, choose_forms_now, few_row_linear
 from .losses import (
     caption_loss,
     contrastive_loss,
@@ -351,7 +351,6 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
             cache=out.cache,
         )
 
-    @torch.inference_mode()
     def _fit_new_tokens_to_positions(self, prompt_length: int, generate_kwargs: dict) -> None:
         """Lower `max_new_tokens` so that every token fed back fits the text tower's positions
         (with a warning): past them the position lookup would fail with an index error. The last
@@ -366,6 +365,7 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         logger.warning_once(f"max_new_tokens={wanted}: a {prompt_length}-token prompt leaves room for {room} new "
                             f"tokens in the text tower's {positions} positions; generating at most {room}")
 
+    @torch.inference_mode()
     def generate(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -396,6 +396,10 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         if implementation not in (None, "dynamic", "static"):
             raise UserError(f"cache_implementation={implementation!r}: MedVLM supports 'dynamic' (default) "
                              "or 'static'")
+        if "compile_config" in generate_kwargs:  # the compiled decode step uses the forms chosen by then
+            rows = image_kv.shape[0] * max(generate_kwargs.get("num_beams", 1),
+                                           generate_kwargs.get("num_return_sequences", 1))
+            choose_forms_now(self._few_row_layers(), rows)
         if generate_kwargs.get("use_cache", True) and "cache" not in generate_kwargs:
             capacity = self._expected_length(input_ids, generate_kwargs)
             generate_kwargs["cache"] = (
@@ -405,6 +409,11 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         return super().generate(
             input_ids=input_ids, attention_mask=attention_mask, image_kv=image_kv, **generate_kwargs
         )
+
+    def _few_row_layers(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(weight, bias) of every product a decoding step sends through `few_row_linear`."""
+        layers = [(m.weight, m.bias) for m in self.model.fusion.modules() if isinstance(m, FewRowLinear)]
+        return layers + [(self.model.text.token_embeddings.weight, self.lm_bias)]
 
     def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:
         """`generate` turns the 2D padding mask into a 4D one for static caches; MedVLM keeps it 2D,
