@@ -135,7 +135,8 @@ def main(argv=None) -> dict:
 
     names, skipped = common.models_to_run(args)
     runners = {name: common.build(name, d) for name in names}
-    models = {name: {"params": common.num_parameters(r.model), "notes": r.notes, "figures": {}}
+    models = {name: {"params": getattr(r, "params", None) or common.num_parameters(r.model), "notes": r.notes,
+                     "figures": {}}
               for name, r in runners.items()}
 
     calls = {}  # "model/figure" -> call, for the figures the model can produce

@@ -94,6 +94,7 @@ class MedVLMRunner:
         if "int8_weights" in options:  # generation only: int8 linear maps (medvlm.modeling.inference_weights)
             from medvlm.modeling.inference_weights import quantized_int8
 
+            self.params = num_parameters(self.model)  # int8 weights are packed buffers, not parameters
             self.model = quantized_int8(self.model)
         if "ckpt" in options:
             self.model.activation_checkpointing_enable()
