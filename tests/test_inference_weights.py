@@ -80,3 +80,33 @@ def test_weights_agreement_benchmark_compares_every_format_with_fp32(pretrained,
         assert entry["label_agreement"] >= entry["reports_all_labels_agree"]
         assert entry["s"] > 0 and entry["speedup_vs_fp32"] > 0
     capsys.readouterr()
+
+
+def test_eval_and_generate_with_int8_weights(pretrained, tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    import medvlm.tasks.report_generation as report_generation
+    from medvlm.cli import main
+    from tiny import load_script
+
+    asked = []
+    monkeypatch.setattr(report_generation, "for_generation",
+                        lambda model, weights: asked.append(weights) or for_generation(model, weights))
+
+    out = tmp_path / "int8-eval"
+    assert load_script("eval").main(["--checkpoint", str(pretrained), "--out", str(out), "eval.weights=int8",
+                                     "eval.bootstrap_resamples=5"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "ce_micro_f1" in metrics and metrics["num_samples"] > 0
+    assert asked == ["int8"]
+
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)).save(image)
+    reports = tmp_path / "reports.jsonl"
+    assert main(["generate", str(image), "--checkpoint", str(pretrained), "--weights", "int8",
+                 "--max-new-tokens", "5", "--out", str(reports)]) == 0
+    (line,) = reports.read_text().splitlines()
+    assert json.loads(line)["image"] == str(image)
