@@ -36,9 +36,9 @@ def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 def columns_form(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear` of rows x (R, in) as the (out, in) weight times R columns, (W @ x^T)^T, with a
-    lone row repeated: one column would be a matrix-vector product again. Some BLAS builds read
-    the weight several times faster this way (MKL on AMD EPYC: 50 against 14 GB/s for a 30522 x
-    384 LM head), others slower (docs/performance.md)."""
+    lone row repeated: one column would be a matrix-vector product again. Some CPU and BLAS
+    pairs read the weight several times faster this way, others several times slower (figures:
+    docs/performance.md)."""
     rows = x.shape[0]
     columns = torch.cat([x, x]) if rows == 1 else x  # (R', in)
     out_t = weight @ columns.T if bias is None else torch.addmm(bias[:, None], weight, columns.T)  # (out, R')
