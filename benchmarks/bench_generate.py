@@ -76,13 +76,15 @@ def decode_weights(model) -> list[torch.Tensor]:
     return weights + [model.model.text.token_embeddings.weight]
 
 
-def weight_read_floor(model, new_tokens: int, iters: int) -> dict:
-    """Seconds for `new_tokens` steps of nothing but the matrix-vector products of greedy decoding
-    at one image (median of `iters`): what no implementation at these dimensions and this dtype
-    goes below on this machine, since each step must read every decode weight once. BLAS reads
-    the same bytes at different speeds depending on the form of the product (see
-    `few_row_linear`), so three forms are timed and the floor is the fastest: a vector times the
-    matrix, the matrix times a vector, and the matrix times two columns (the vector repeated)."""
+def floor_products(model, new_tokens: int) -> dict:
+    """name -> call doing nothing but the matrix-vector products of `new_tokens` greedy steps at
+    one image, in one form: what no implementation at these dimensions and this dtype goes below
+    on this machine, since each step must read every decode weight once. BLAS reads the same
+    bytes at different speeds depending on the form of the product (see `few_row_linear`), so
+    three forms are timed and the floor is the fastest: a vector times the matrix, the matrix
+    times a vector, and the matrix times two columns (the vector repeated). They are timed in
+    the same interleaved rounds as the models, so that the floor and the figures see the same
+    memory bandwidth (on a shared VM it varies from minute to minute)."""
     matrices = [w.detach().contiguous() for w in decode_weights(model)]  # each (rows, cols)
     row_vectors = [torch.randn(1, m.shape[0], dtype=m.dtype) for m in matrices]
     column_vectors = [torch.randn(m.shape[1], dtype=m.dtype) for m in matrices]
@@ -92,15 +94,23 @@ def weight_read_floor(model, new_tokens: int, iters: int) -> dict:
         "matrix_times_vector": lambda: [torch.mv(m, v) for m, v in zip(matrices, column_vectors)],  # (rows,)
         "matrix_times_two_columns": lambda: [torch.mm(m, r.T) for m, r in zip(matrices, two_rows)],  # (rows, 2)
     }
-    megabytes = sum(m.numel() * m.element_size() for m in matrices) / 1e6
-    seconds = {}
-    with torch.inference_mode():
-        for name, product in products.items():
-            seconds[name] = common.timed(lambda: [product() for _ in range(new_tokens)], warmup=1,
-                                         iters=iters)["median_s"]
-    floor = min(seconds.values())
+
+    def steps(product):
+        def run():
+            with torch.inference_mode():
+                for _ in range(new_tokens):
+                    product()
+        return run
+
+    return {name: steps(product) for name, product in products.items()}
+
+
+def weight_read_floor(model, seconds_per_form: dict[str, float], new_tokens: int) -> dict:
+    """The floor from the timed `floor_products` (median seconds per form)."""
+    megabytes = sum(w.numel() * w.element_size() for w in decode_weights(model)) / 1e6
+    floor = min(seconds_per_form.values())
     return {"s": floor, "weights_mb_per_step": megabytes, "read_gb_per_s": megabytes * new_tokens / floor / 1e3,
-            "s_per_form": seconds}
+            "s_per_form": seconds_per_form}
 
 
 def child_memory(args) -> None:
@@ -152,8 +162,12 @@ def main(argv=None) -> dict:
             if out.shape != (images, d.new_tokens + 1):
                 raise RuntimeError(f"{name} {figure}: output {tuple(out.shape)}, expected start + {d.new_tokens}")
             calls[f"{name}/{figure}"] = call
+    if "medvlm" in runners:
+        calls.update({f"floor/{name}": call for name, call in floor_products(runners["medvlm"].model,
+                                                                                 d.new_tokens).items()})
     times = common.timed_interleaved(calls, args.warmup - 1 if args.warmup else 0, args.iters)
-    peaks = memory(args, calls)
+    floor_times = {key.split("/")[1]: times.pop(key)["median_s"] for key in list(times) if key.startswith("floor/")}
+    peaks = memory(args, {key: call for key, call in calls.items() if not key.startswith("floor/")})
 
     for key, t in times.items():
         name, figure = key.split("/")
@@ -166,15 +180,16 @@ def main(argv=None) -> dict:
         models[name]["figures"][figure] = entry
 
     if "medvlm" in runners:
-        models["medvlm"]["greedy_1_weight_read_floor"] = weight_read_floor(runners["medvlm"].model, d.new_tokens,
-                                                                           args.iters)
+        models["medvlm"]["greedy_1_weight_read_floor"] = weight_read_floor(runners["medvlm"].model, floor_times,
+                                                                           d.new_tokens)
     # the decoding-step forms chosen by timing in the warm-up calls (kernels.few_row_linear)
     result["few_row_forms"] = {"fixed": os.environ.get(kernels.FORM_ENV), "chosen": kernels.form_choices()}
     result.update(
         settings={"new_tokens": d.new_tokens, "beams": BEAMS, "warmup": args.warmup, "iters": args.iters,
                   "precision": "fp32", "decoding": "exactly new_tokens per sequence (HF generate: no EOS id; "
                   "CoCa: its min_seq_len), from random weights; VisionEncoderDecoder with its KV cache",
-                  "timing": "interleaved: each round runs every (model, figure) in turn; median over rounds"},
+                  "timing": "interleaved: each round runs every (model, figure) and each form of the weight-read "
+                  "floor in turn; median over rounds"},
         memory_method=None if args.no_memory else common.MEMORY_METHOD
         + ("; --tiny: greedy at the batch size only" if args.tiny else ""),
         models=models, skipped=skipped,

@@ -51,6 +51,8 @@ def test_generate_benchmark_ours_alone(tmp_path, capsys):
     result = run(bench_generate.main, ["--models", "medvlm", "--variants", "bf16_weights", "--no-memory"],
                  tmp_path, capsys)
     assert set(result["models"]) == {"medvlm", "medvlm+bf16_weights"}
+    floor = result["models"]["medvlm"]["greedy_1_weight_read_floor"]  # timed in the same rounds as the figures
+    assert floor["s"] == min(floor["s_per_form"].values()) > 0 and len(floor["s_per_form"]) == 3
     for entry in result["models"].values():
         assert set(entry["figures"]) == {"greedy_1", "beam3_1", "greedy_2", "beam3_2"}
         for figure in entry["figures"].values():
