@@ -28,13 +28,19 @@ def keep_thread_count():
     torch.set_num_threads(threads)
 
 
-def run(main, argv, tmp_path, capsys):
+def run_any(main, tmp_path, capsys, argv=()):
+    """A benchmark's main at tiny dims on one thread: its printed JSON, also written to --out."""
     out = tmp_path / "result.json"
-    # one thread: a smoke run measures nothing, and OpenMP barriers stall on a loaded machine
     result = main(["--tiny", "--threads", "1", "--out", str(out), *argv])
     assert json.loads(capsys.readouterr().out) == result == json.loads(out.read_text())
-    assert TOP_KEYS <= set(result)
     assert {"cpu", "blas", "loadavg_start", "loadavg_end", "overloaded_at_start", "threads"} <= set(result["machine"])
+    return result
+
+
+def run(main, argv, tmp_path, capsys):
+    # one thread: a smoke run measures nothing, and OpenMP barriers stall on a loaded machine
+    result = run_any(main, tmp_path, capsys, argv)
+    assert TOP_KEYS <= set(result)
     assert result["machine"]["blas"]["name"]  # torch.__config__.show() names its BLAS
     return result
 
@@ -96,3 +102,12 @@ def test_table_names_the_machine_of_every_row(tmp_path, capsys):
                         row.startswith(f"| {machine}") for row in body)
     with pytest.raises(SystemExit):
         table.main([str(tmp_path / "train.json")])  # not a pair
+
+
+def test_forms_benchmark_times_the_measured_choice_against_each_fixed_form(tmp_path, capsys):
+    import bench_forms
+
+    result = run_any(bench_forms.main, tmp_path, capsys)
+    for figure in ("greedy_1", "beam3_2"):
+        assert set(result["figures"][figure]) == {"measured", "always linear", "always columns"}
+        assert all(s > 0 for s in result["figures"][figure].values())
