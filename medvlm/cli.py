@@ -11,9 +11,10 @@ import json
 import logging
 import math
 import sys
+import typing
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import ConfigError, WeightFormat, load_config
 from .errors import UserError
 
 EPILOG = "Overrides: any config key as section.key=value, e.g. train.max_steps=200 data.image_size=96"
@@ -192,7 +193,7 @@ def generate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-p", type=probability)
     parser.add_argument("--temperature", type=positive_float)
     parser.add_argument("--batch-size", type=positive_int, default=16)
-    parser.add_argument("--weights", choices=["fp32", "bf16", "int8"], default="fp32",
+    parser.add_argument("--weights", choices=typing.get_args(WeightFormat), default="fp32",
                         help="CPU generation with bf16 weights or int8 linear maps (faster; README 'Performance')")
     parser.add_argument("--strict", action="store_true", help="stop at the first unreadable image (default: name it, "
                                                               "skip it, write the others, exit 1 at the end)")

@@ -182,6 +182,8 @@ Dataset = Literal["synthetic", "mimic_cxr", "iu_xray", "vqa_rad", "slake", "ches
 DATASETS = typing.get_args(Dataset)  # medvlm.data.sources loads each of these
 Tower = Literal["vision", "text", "fusion"]  # medvlm.finetuning.TOWERS
 Split = Literal["train", "validation", "test"]
+# weights of the model that generates reports (medvlm.modeling.inference_weights.WEIGHT_FORMATS)
+WeightFormat = Literal["fp32", "bf16", "int8"]
 
 
 @dataclass
@@ -255,7 +257,7 @@ class EvalConfig:
     # weights of the model that generates the reports on the CPU: bf16 halves the bytes each
     # decoding step reads, int8 (dynamic quantisation of the linear maps) quarters them; README
     # "Performance" gives the speed and how often the reports' CE labels agree with fp32
-    weights: Literal["fp32", "bf16", "int8"] = "fp32"
+    weights: WeightFormat = "fp32"
     bootstrap_resamples: int = setting(200, min=1)
     seed: int = setting(0, min=0)
     # how uncertain (-1) labels count in clinical efficacy (medvlm.metrics.chexpert.efficacy)

@@ -111,3 +111,22 @@ def test_forms_benchmark_times_the_measured_choice_against_each_fixed_form(tmp_p
     for figure in ("greedy_1", "beam3_2"):
         assert set(result["figures"][figure]) == {"measured", "always linear", "always columns"}
         assert all(s > 0 for s in result["figures"][figure].values())
+
+
+def test_target_means_need_three_runs_of_one_machine(tmp_path, capsys):
+    import target_means
+
+    def run_json(i, ratio):
+        result = {"benchmark": "generate", "machine": {"cpu": "AMD EPYC / AuthenticAMD", "threads": 2,
+                                                       "blas": {"name": "mkl", "version": None}},
+                  "targets": {"greedy_1 s <= 0.6x hf_vision_encoder_decoder": {"ratio": ratio, "met": ratio <= 0.6}}}
+        (tmp_path / f"{i}.json").write_text(json.dumps(result))
+        return str(tmp_path / f"{i}.json")
+
+    files = [run_json(i, r) for i, r in enumerate([0.5, 0.7, 0.75])]
+    (row,) = target_means.target_means([json.loads(Path(f).read_text()) for f in files])
+    assert row["mean"] == pytest.approx(0.65) and row["runs_met"] == 1 and row["met"] is False
+    target_means.main(files)
+    assert "| greedy_1 s <= 0.6x hf_vision_encoder_decoder | 0.65 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        target_means.main(files[:2])  # fewer than 3 runs

@@ -1,5 +1,7 @@
 """bf16 and int8 weights for CPU report generation (medvlm.modeling.inference_weights)."""
 
+import typing
+
 import pytest
 import torch
 from torch import nn
@@ -7,7 +9,8 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 from transformers.pytorch_utils import Conv1D
 
 from medvlm.modeling import MedVLMForConditionalGeneration
-from medvlm.modeling.inference_weights import for_generation, quantized_int8
+from medvlm.config import WeightFormat
+from medvlm.modeling.inference_weights import WEIGHT_FORMATS, for_generation, quantized_int8
 from tiny import tiny_config
 
 
@@ -53,6 +56,7 @@ def test_every_weight_format_generates(model, weights):
     assert out.shape == (2, 7)
     with pytest.raises(ValueError, match="fp32, bf16, int8"):
         for_generation(model, "int4")
+    assert typing.get_args(WeightFormat) == WEIGHT_FORMATS  # what eval.weights and --weights accept
 
 
 def test_weights_agreement_benchmark_compares_every_format_with_fp32(pretrained, tmp_path, capsys):

@@ -151,25 +151,28 @@ def choose_forms_now(layers: list[tuple[torch.Tensor, torch.Tensor | None]], row
         for weight, bias in layers:
             _FOR_GRAPHS[(*weight.shape, rows, weight.dtype, bias is not None)] = fixed
         return
-    layers = [(w, b) for w, b in layers if w.device.type == "cpu" and w.numel() >= MIN_CHOSEN_WEIGHT]
-    inputs = [torch.randn(rows, w.shape[1], dtype=w.dtype) for w, _ in layers]
-    for _ in range(len(FEW_ROW_FORMS) * (TRIALS_PER_FORM + 1)):
-        for (weight, bias), x in zip(layers, inputs):
-            choice = _choice_for(weight, rows, x.dtype, bias is not None)
+    pending = [(w, b, _choice_for(w, rows, w.dtype, b is not None)) for w, b in layers
+               if w.device.type == "cpu" and w.numel() >= MIN_CHOSEN_WEIGHT]
+    pending = [(w, b, choice) for w, b, choice in pending if choice.chosen is None]  # later calls: none
+    inputs = [torch.randn(rows, w.shape[1], dtype=w.dtype) for w, _, _ in pending]
+    while any(choice.chosen is None for _, _, choice in pending):
+        for (weight, bias, choice), x in zip(pending, inputs):
             if choice.chosen is None:
-                name = choice.next_trial()
-                start = time.perf_counter()
-                FEW_ROW_FORMS[name](x, weight, bias)
-                choice.record(name, time.perf_counter() - start)
+                _timed_trial(choice, x, weight, bias)
 
 
 def _chosen_form(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     choice = _choice_for(weight, flat.shape[0], flat.dtype, bias is not None)
     if choice.chosen is not None:
         return FEW_ROW_FORMS[choice.chosen](flat, weight, bias)
+    return _timed_trial(choice, flat, weight, bias)
+
+
+def _timed_trial(choice: FormChoice, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One call in the form whose turn it is, timed into `choice`."""
     name = choice.next_trial()
     start = time.perf_counter()
-    out = FEW_ROW_FORMS[name](flat, weight, bias)
+    out = FEW_ROW_FORMS[name](x, weight, bias)
     choice.record(name, time.perf_counter() - start)
     return out
 
