@@ -6,14 +6,6 @@ import re
 from .errors import UserError
 
 TOWERS = ("vision", "text", "fusion")
-# LoRA targets per tower: attention and MLP projections, by module-name suffix
-LORA_TARGETS = {
-    "vision": ("qkv", "proj", "fc1", "fc2"),  # timm ViT blocks
-    "text": ("c_attn", "c_proj", "c_fc", "query", "key", "value", "dense"),  # GPT-2 and BERT families
-    "fusion": ("qkv", "q", "kv", "proj", "fc"),
-}
-
-
 def freeze_towers(model, towers: list[str]) -> None:
     """Stop gradients to the named towers (`model.tower_modules()`: vision, text, fusion)."""
     unknown = set(towers) - set(TOWERS)
@@ -25,10 +17,10 @@ def freeze_towers(model, towers: list[str]) -> None:
             module.requires_grad_(False)
 
 
-def lora_target_regex(towers: list[str], prefixes: dict[str, str]) -> str:
-    """peft's `target_modules` regex: the LORA_TARGETS projections under each tower's block
-    prefix (`model.tower_block_prefixes`)."""
-    parts = [f"{re.escape(prefixes[t])}\\..*\\.({'|'.join(LORA_TARGETS[t])})" for t in towers]
+def lora_target_regex(towers: list[str], targets: dict[str, tuple[str, tuple[str, ...]]]) -> str:
+    """peft's `target_modules` regex: under each tower's block prefix, the modules whose names
+    end in one of its target suffixes (`model.lora_targets()`)."""
+    parts = [f"{re.escape(targets[t][0])}\\..*\\.({'|'.join(targets[t][1])})" for t in towers]
     return "^(" + "|".join(parts) + ")$"
 
 
@@ -48,7 +40,7 @@ def add_lora(model, settings: dict):
         r=int(settings.get("r", 8)),
         lora_alpha=int(settings.get("alpha", 16)),
         lora_dropout=float(settings.get("dropout", 0.0)),
-        target_modules=lora_target_regex(towers, model.tower_block_prefixes),
+        target_modules=lora_target_regex(towers, model.lora_targets()),
     )
     return get_peft_model(model, config)
 

@@ -14,7 +14,7 @@ from .modeling import CheXNetConfig, CheXNetForImageClassification, MedVLMConfig
 from .modeling.configuration_medvlm import merged_text
 from .modeling.text import text_spec_from_checkpoint
 from .processing import MedVLMProcessor
-from .tokenization import load_tokenizer, train_report_tokenizer
+from .tokenization import lm_tokenizer, load_tokenizer, train_report_tokenizer
 
 log = logging.getLogger(__name__)
 TRAINING_CHOICES = ("contrastive_weight", "caption_weight", "label_smoothing")  # taken over a train.init_from model
@@ -50,6 +50,8 @@ def build_processor(cfg: RunConfig, train_records: list[dict]) -> MedVLMProcesso
         return MedVLMProcessor(None, transform, max_length=d.max_length)
     if d.tokenizer:
         tokenizer = load_tokenizer(d.tokenizer)
+    elif (m.values.get("text") or {}).get("pretrained_path"):  # the LM's own tokenizer
+        tokenizer = lm_tokenizer(m.values["text"]["pretrained_path"], model_max_length=d.max_length)
     else:
         corpus = [r["text"] for r in train_records] + [r["question"] for r in train_records if r.get("question")]
         tokenizer = train_report_tokenizer(corpus, Path(cfg.train.output_dir) / "tokenizer",
@@ -67,13 +69,17 @@ def model_config(cfg: RunConfig, tokenizer) -> MedVLMConfig:
     if text.get("pretrained_path"):
         text = {**text_spec_from_checkpoint(text["pretrained_path"]), **text}
     text = merged_text(text)
-    text.setdefault("n_positions" if text.get("model_type") == "gpt2" else "max_position_embeddings",
-                    max(cfg.data.max_length, 64))
+    if not text.get("pretrained_path"):  # a checkpoint's positions are its own
+        text.setdefault("n_positions" if text.get("model_type") == "gpt2" else "max_position_embeddings",
+                        max(cfg.data.max_length, 64))
+    # a pretrained LM may carry more embedding rows than its tokenizer has tokens (padding rows),
+    # or fewer (a separator token medvlm added): the model holds the larger of the two
+    vocab_size = max(len(tokenizer), int(text.get("vocab_size") or 0)) if text.get("pretrained_path") else len(tokenizer)
     return MedVLMConfig(
         **settings,
         vision={**m.vision, "img_size": cfg.data.image_size},
         text=text,
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
         eos_token_id=tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
         pad_token_id=tokenizer.pad_token_id,

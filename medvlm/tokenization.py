@@ -124,3 +124,43 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         raise UserError(f"{path}: the tokenizer has no pad token; set one before training")
     return tokenizer
+
+
+def lm_tokenizer(path: str | Path, model_max_length: int = 256) -> PreTrainedTokenizerFast:
+    """A pretrained LM's own tokenizer (local folder or hub id), made to frame texts the way
+    medvlm's training and generation expect: `bos text eos`, and `bos question sep answer eos`
+    for VQA. LMs name these tokens differently or lack some: BOS falls back to CLS, then EOS
+    (GPT-2 and Qwen start documents with their end-of-text token); EOS to SEP; PAD to EOS (pads
+    are masked out of the loss by the attention mask, never by id); a missing separator is added
+    as a new special token `<sep>` (the model then grows one embedding row).
+
+    The result is a plain `PreTrainedTokenizerFast` around a copy of the LM's tokenizer, so the
+    framing saves and loads as written, whatever the LM's own tokenizer class would rebuild."""
+    from .modeling.sources import resolve_local
+
+    folder = resolve_local(path, "model.text.pretrained_path")
+    try:
+        source = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError) as error:
+        raise UserError(f"model.text.pretrained_path={str(path)!r}: no tokenizer there ({error}); "
+                        "set data.tokenizer to a tokenizer folder") from None
+    if not getattr(source, "is_fast", False):
+        raise UserError(f"model.text.pretrained_path={str(path)!r}: its tokenizer has no fast (tokenizers) "
+                        "version; set data.tokenizer to one")
+    bos = source.bos_token or source.cls_token or source.eos_token
+    eos = source.eos_token or source.sep_token
+    if bos is None or eos is None:
+        raise UserError(f"model.text.pretrained_path={str(path)!r}: its tokenizer has no end-of-text, EOS or SEP "
+                        "token to end reports with")
+    backend = Tokenizer.from_str(source.backend_tokenizer.to_str())
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=source.pad_token or eos,
+        unk_token=source.unk_token, sep_token=source.sep_token or SEP, model_max_length=model_max_length,
+    )  # an unknown sep token is added to the vocabulary as a special token
+    sep = tokenizer.sep_token
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (bos, eos, sep)}
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A {eos}", pair=f"{bos} $A {sep} $B {eos}",
+        special_tokens=list(ids.items()),
+    )
+    return tokenizer

@@ -305,8 +305,8 @@ def test_public_methods_give_the_inner_model_s_features_and_towers():
     assert model.max_text_positions() == 64
     assert model.get_submodule(model.vision_backbone_name) is model.vision_tower().backbone
     names = dict(model.named_modules())
-    for prefix in model.tower_block_prefixes.values():
-        assert prefix in names
+    for prefix, suffixes in model.lora_targets().values():
+        assert prefix in names and any(n.startswith(prefix) and n.endswith(suffixes) for n in names)
     towers = model.tower_modules()
     owned = {id(p) for group in towers.values() for item in group
              for p in ([item] if isinstance(item, torch.nn.Parameter) else item.parameters())}

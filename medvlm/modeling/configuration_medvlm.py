@@ -29,8 +29,8 @@ def merged_text(text: dict | None) -> dict:
     """`text` over DEFAULT_TEXT key by key when it names the default family (or no family and no
     checkpoint, whose own config then applies), else as given."""
     text = dict(text or {})
-    if "pretrained_path" in text and "model_type" not in text:
-        return text  # completed from the checkpoint's config by the caller
+    if text.get("pretrained_path"):
+        return text  # the checkpoint's config (completed from it by the caller), never our defaults
     if text.get("model_type", DEFAULT_TEXT["model_type"]) == DEFAULT_TEXT["model_type"]:
         return {**DEFAULT_TEXT, **text}
     return text

@@ -116,6 +116,9 @@ class MLP(nn.Module):
         return self.dropout(self.proj(F.gelu(self.fc(x))))
 
 
+LORA_TARGETS = ("qkv", "q", "kv", "proj", "fc")  # every projection of a fusion block, by name suffix
+
+
 class FusionBlock(GradientCheckpointingLayer):
     """One fusion layer. As a `GradientCheckpointingLayer` it recomputes its activations in the
     backward pass once `activation_checkpointing_enable()` is called on the model."""

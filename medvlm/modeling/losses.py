@@ -2,6 +2,7 @@
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from .kernels import IGNORE_INDEX, caption_cross_entropy  # IGNORE_INDEX: the label the caption loss skips
 
@@ -73,6 +74,7 @@ def caption_loss(
     head_bias: torch.Tensor | None,
     labels: torch.Tensor,
     label_smoothing: float = 0.0,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Next-token cross-entropy of the LM head `hidden @ head_weight.T + head_bias`. THE one place
     where the token shift happens: position t of `hidden` (B, T, D) predicts token t+1 of `labels`
@@ -82,6 +84,9 @@ def caption_loss(
     (`kernels.caption_cross_entropy`), so the (B, T, V) logits are never held."""
     shifted_hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B*(T-1), D)
     shifted_labels = labels[:, 1:].reshape(-1)  # (B*(T-1),)
+    if softcap:  # Gemma 2's capped logits: the plain path (the chunked one knows no cap)
+        logits = torch.tanh(F.linear(shifted_hidden, head_weight, head_bias) / softcap) * softcap
+        return F.cross_entropy(logits.float(), shifted_labels, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
     return caption_cross_entropy(shifted_hidden, head_weight, head_bias, shifted_labels, label_smoothing)
 
 

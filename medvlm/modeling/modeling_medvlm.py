@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import UserError
 from .cache import PreallocatedCache, StaticDecoderCache
 from .configuration_medvlm import MedVLMConfig
+from .fusion import LORA_TARGETS as FUSION_LORA_TARGETS
 from .fusion import CrossAttention, FusionBlock
 from .kernels import FewRowLinear, choose_forms_now, few_row_linear
 from .losses import (
@@ -37,6 +38,11 @@ from .text import TextTower
 from .vision import VisionTower, init_layer_weights
 
 logger = hf_logging.get_logger(__name__)
+
+
+def soft_capped(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Gemma 2's final logit soft-capping, cap * tanh(logits / cap); no cap: the logits."""
+    return logits if not cap else torch.tanh(logits / cap) * cap
 
 
 @dataclass
@@ -147,12 +153,14 @@ class MedVLMModel(MedVLMPreTrainedModel):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
         self.post_init()
 
-    def load_pretrained_towers(self) -> None:
-        """Load tower weights named in the config (`vision/text.pretrained_path`), local files only."""
+    def load_pretrained_towers(self) -> torch.Tensor | None:
+        """Load tower weights named in the config (`vision/text.pretrained_path`: local files, or
+        hub ids); returns the text checkpoint's LM-head bias, if it has one."""
         if self.config.vision.get("pretrained_path"):
             self.vision.load_pretrained(self.config.vision["pretrained_path"])
         if self.config.text.get("pretrained_path"):
-            self.text.load_pretrained(self.config.text["pretrained_path"])
+            return self.text.load_pretrained(self.config.text["pretrained_path"])
+        return None
 
     def clamped_logit_scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(0, math.log(self.config.max_logit_scale)).exp()
@@ -214,7 +222,7 @@ class MedVLMModel(MedVLMPreTrainedModel):
         mask = create_causal_mask(config=self.sdpa_mask_config, inputs_embeds=shape_only,
                                   attention_mask=attention_mask, cache=cache)
         tower_on_sdpa = self.text.model.config._attn_implementation == "sdpa"
-        tower_mask = mask if tower_on_sdpa else attention_mask
+        tower_mask = mask if tower_on_sdpa and not self.text.builds_own_masks else attention_mask
         text_states = self.text(input_ids, tower_mask, cache, position_ids)  # (B, T, D)
         text_embeds = self.pool_text(text_states, attention_mask) if text_embeds_wanted else None
         x = text_states
@@ -243,18 +251,27 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
             init.zeros_(module.lm_bias)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        text = self.model.text
+        hidden = text.head_input(hidden)
         if self.quantized_lm_head is not None:
-            return self.quantized_lm_head(hidden)
-        # weight tying by construction: the head is the embedding matrix, so nothing to re-tie on load
-        return few_row_linear(hidden, self.model.text.token_embeddings.weight, self.lm_bias)  # (B, T, V)
+            logits = self.quantized_lm_head(hidden)
+        else:
+            # a tied head is the embedding matrix itself, so there is nothing to re-tie on load
+            logits = few_row_linear(hidden, text.head_weight(), self.lm_bias)  # (B, T, V)
+        return soft_capped(logits, text.logit_softcap)
 
     # The public surface: code outside medvlm/modeling calls these, never `model.model.*`.
 
     # `get_submodule` name of the timm backbone: Grad-CAM layer names start with it
     vision_backbone_name = "model.vision.backbone"
-    # `named_modules` prefix of each tower's repeated blocks, under which LoRA adapters go
-    tower_block_prefixes = {"vision": "model.vision.backbone.blocks", "text": "model.text.model",
-                            "fusion": "model.fusion"}
+
+    def lora_targets(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """Per tower: the `named_modules` prefix of its repeated blocks and the name suffixes of
+        the projections LoRA adapts there (each family's own names)."""
+        vision = self.model.vision
+        return {"vision": (f"model.vision.{vision.block_prefix}", tuple(vision.lora_targets)),
+                "text": ("model.text.model", self.model.text.lora_targets),
+                "fusion": ("model.fusion", FUSION_LORA_TARGETS)}
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixels (B, C, S, S) -> (B, E) L2-normalised image embeddings (the contrastive space)."""
@@ -270,8 +287,39 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         return self.model.clamped_logit_scale()
 
     def load_pretrained_towers(self) -> None:
-        """Load the tower weights named by `vision/text.pretrained_path` (local files only)."""
-        self.model.load_pretrained_towers()
+        """Load the tower weights named by `vision/text.pretrained_path` (local files or folders,
+        or hub ids), the text checkpoint's LM-head bias into `lm_bias`."""
+        bias = self.model.load_pretrained_towers()
+        if bias is not None:
+            with torch.no_grad():
+                self.lm_bias.copy_(bias)
+
+    def resize_vocabulary(self, new_size: int, row_sources: list[list[int]]) -> None:
+        """Grow the vocabulary to `new_size` tokens (an extended tokenizer): new row i of the token
+        embeddings, of an untied head and of the bias starts as the mean of the old rows
+        `row_sources[i]` (the old tokenizer's pieces of that token), so a new token first means
+        what its pieces meant together. Old rows are unchanged."""
+        text = self.model.text
+        old = text.token_embeddings.num_embeddings
+        if new_size - old != len(row_sources) or new_size < old:
+            raise ValueError(f"{new_size - old} new rows need as many sources, got {len(row_sources)}")
+
+        def grown(rows: torch.Tensor) -> torch.Tensor:  # (V, ...) -> (new_size, ...)
+            new = torch.stack([rows[torch.as_tensor(ids)].float().mean(0) for ids in row_sources]).to(rows.dtype)
+            return torch.cat([rows.detach(), new])
+
+        embeddings = text.token_embeddings
+        resized = nn.Embedding(new_size, embeddings.embedding_dim, padding_idx=embeddings.padding_idx,
+                               device=embeddings.weight.device, dtype=embeddings.weight.dtype)
+        with torch.no_grad():
+            resized.weight.copy_(grown(embeddings.weight))
+        text.model.set_input_embeddings(resized)
+        if text.output_weight is not None:
+            text.output_weight = nn.Parameter(grown(text.output_weight))
+        self.lm_bias = nn.Parameter(grown(self.lm_bias[:, None])[:, 0])
+        self.config.vocab_size = new_size
+        self.config.text["vocab_size"] = new_size
+        text.model.config.vocab_size = new_size
 
     def vision_tower(self) -> VisionTower:
         """The vision tower: `.backbone` is its timm model (named `vision_backbone_name`),
@@ -329,8 +377,10 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         logit_scale = self.model.clamped_logit_scale()
         parts = {}
         if labels is not None:
-            parts["caption_loss"] = caption_loss(out.last_hidden_state, self.model.text.token_embeddings.weight,
-                                                 self.lm_bias, labels, self.config.label_smoothing)
+            text = self.model.text
+            parts["caption_loss"] = caption_loss(text.head_input(out.last_hidden_state), text.head_weight(),
+                                                 self.lm_bias, labels, self.config.label_smoothing,
+                                                 softcap=text.logit_softcap)
             if out.image_embeds is not None and self.config.contrastive_weight > 0:
                 keys = text_keys if text_keys is not None else input_ids
                 parts["contrastive_loss"] = match_single_process_gradient(contrastive_loss(
@@ -413,7 +463,7 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
     def _few_row_layers(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """(weight, bias) of every product a decoding step sends through `few_row_linear`."""
         layers = [(m.weight, m.bias) for m in self.model.fusion.modules() if isinstance(m, FewRowLinear)]
-        return layers + [(self.model.text.token_embeddings.weight, self.lm_bias)]
+        return layers + [(self.model.text.head_weight(), self.lm_bias)]
 
     def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:
         """`generate` turns the 2D padding mask into a 4D one for static caches; MedVLM keeps it 2D,
