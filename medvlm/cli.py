@@ -81,8 +81,8 @@ def train_main(argv: list[str] | None = None) -> int:
     from .checkpointing import resolve_resume
     from .engine import Trainer
     from .processing import MedVLMProcessor
-    from .finetuning import prepare_for_finetuning
-    from .runs import build_model, build_processor, records_for, training_hooks
+    from .finetuning import cast_weights, prepare_for_finetuning
+    from .runs import build_model, build_processor, fit_vocabulary, records_for, training_hooks
 
     import accelerate
 
@@ -96,7 +96,9 @@ def train_main(argv: list[str] | None = None) -> int:
         processor = MedVLMProcessor.from_pretrained(resume_from)  # the tokenizer the run started with
     else:
         processor = build_processor(cfg, train_records)
-    model = prepare_for_finetuning(build_model(cfg, processor, train_records), cfg.train.freeze, cfg.train.lora)
+    model = build_model(cfg, processor, train_records)
+    fit_vocabulary(cfg, processor, model, train_records, resumed=resume_from is not None)
+    model = cast_weights(prepare_for_finetuning(model, cfg.train.freeze, cfg.train.lora), cfg.train.dtype)
     print(f"[medvlm] model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     evaluate_fn, collate = training_hooks(cfg, processor, validation_records)  # per architecture / task
     trainer = Trainer(cfg, model, processor, train_records, validation_records,

@@ -215,6 +215,14 @@ class LoraSettings:
 
 
 @dataclass
+class TowerRates:
+    """The keys `train.tower_learning_rates` may set."""
+    vision: float = setting(1.0e-5, gt=0)
+    text: float = setting(1.0e-5, gt=0)
+    fusion: float = setting(1.0e-4, gt=0)
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = "runs/default"
     seed: int = setting(0, min=0)
@@ -240,6 +248,13 @@ class TrainConfig:
     init_from: str | None = None  # a medvlm model directory to start from (fine-tuning)
     freeze: list[Tower] = field(default_factory=list)
     lora: dict | None = field(default=None, metadata={"schema": LoraSettings})  # e.g. {r: 8, towers: [fusion, text]}
+    # learning rates of named towers, e.g. {vision: 1.0e-5, text: 2.0e-5}: pretrained towers move
+    # gently while the new fusion layers train at learning_rate
+    tower_learning_rates: dict = field(default_factory=dict, metadata={"schema": TowerRates})
+    dtype: Literal["float32", "bfloat16"] = "float32"  # the weights' dtype; bfloat16 halves their memory
+    # with init_from: fit up to this many sentencepiece pieces on the new training text and add
+    # those the checkpoint's tokenizer lacks (0 = keep its vocabulary as it is)
+    extend_vocabulary: int = setting(0, min=0, note="0 = off")
 
 
 @dataclass
@@ -454,6 +469,9 @@ def _check_across_sections(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"config key 'data.max_length' ({cfg.data.max_length}) is more than the text tower's "
                               f"positions (model.text.{key}={positions}); lower data.max_length or raise "
                               f"model.text.{key}")
+    if cfg.train.extend_vocabulary and not cfg.train.init_from:
+        raise ConfigError("config key 'train.extend_vocabulary' needs train.init_from: it grows the vocabulary of the "
+                          "checkpoint you start from (a new run trains its tokenizer on its own text)")
     if cfg.model.contrastive_weight == 0 and cfg.model.caption_weight == 0:
         raise ConfigError("config keys 'model.contrastive_weight' and 'model.caption_weight' are both 0: "
                           "nothing would be trained")

@@ -24,7 +24,7 @@ from .checkpointing import (
 from .atomic_files import atomic_write_text
 from .config import RunConfig
 from .errors import UserError
-from .finetuning import base_model, exportable
+from .finetuning import base_model, exportable, tower_learning_rate_groups
 from .model_card import update_run_info, write_run_info
 from .processing import Collator, MedVLMProcessor, RecordDataset
 
@@ -136,7 +136,8 @@ class Trainer:
         self.validation_records = validation_records
         self.evaluate_fn = evaluate_fn
         self.collate = collate or Collator(processor)
-        self.optimizer = torch.optim.AdamW(model.optimizer_groups(t.weight_decay), lr=t.learning_rate,
+        groups = tower_learning_rate_groups(model, model.optimizer_groups(t.weight_decay), t.tower_learning_rates)
+        self.optimizer = torch.optim.AdamW(groups, lr=t.learning_rate,
                                            betas=(0.9, 0.98), eps=1e-6)
         self.scheduler = cosine_with_warmup(self.optimizer, t.warmup_steps, t.max_steps, t.min_lr_ratio)
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)

@@ -3,6 +3,9 @@
 import copy
 import re
 
+import torch
+from torch import nn
+
 from .errors import UserError
 
 TOWERS = ("vision", "text", "fusion")
@@ -72,3 +75,36 @@ def prepare_for_finetuning(model, freeze: list[str], lora: dict | None):
 def trainable_state(model) -> dict:
     """Tensors of the trainable parameters (for resuming a LoRA run: the frozen base is rebuilt)."""
     return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def tower_learning_rate_groups(model, groups: list[dict], rates: dict[str, float]) -> list[dict]:
+    """Split AdamW groups so each tower named in `rates` (`train.tower_learning_rates`, e.g.
+    {vision: 1.0e-5, text: 2.0e-5}) trains at its own rate: pretrained towers gently, the new
+    fusion layers at `train.learning_rate`. The warmup and cosine scale every group alike."""
+    if not rates:
+        return groups
+    unknown = set(rates) - set(TOWERS)
+    if unknown:
+        raise UserError(f"train.tower_learning_rates: unknown tower(s) {sorted(unknown)}; choose from {list(TOWERS)}")
+    towers = base_model(model).tower_modules()
+    tower_of = {}
+    for tower, items in towers.items():
+        for item in items:
+            for p in [item] if isinstance(item, nn.Parameter) else item.parameters():
+                tower_of[id(p)] = tower
+    split = []
+    for group in groups:
+        by_rate: dict[float | None, list] = {}
+        for p in group["params"]:
+            by_rate.setdefault(rates.get(tower_of.get(id(p))), []).append(p)
+        for rate, params in by_rate.items():
+            split.append({**group, "params": params, **({} if rate is None else {"lr": rate})})
+    return split
+
+
+def cast_weights(model, dtype: str):
+    """`train.dtype`: hold every weight (and so AdamW's states) in bfloat16, half the memory of
+    float32, as large pretrained LMs are usually fine-tuned; float32 leaves the model as it is."""
+    if dtype == "float32":
+        return model
+    return model.to(getattr(torch, dtype))

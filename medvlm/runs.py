@@ -184,3 +184,30 @@ def training_hooks(cfg: RunConfig, processor: MedVLMProcessor, validation_record
     from .tasks.report_generation import training_evaluator
 
     return training_evaluator(processor, cfg.eval), None
+
+
+def fit_vocabulary(cfg: RunConfig, processor: MedVLMProcessor, model, train_records: list[dict],
+                   resumed: bool) -> None:
+    """Say how well the tokenizer covers the training text and, with `train.extend_vocabulary`,
+    grow the vocabulary of a `train.init_from` checkpoint with pieces fitted on that text (a
+    resumed run already has the grown tokenizer: the model only gets the rows its checkpoint holds)."""
+    from .vocabulary import describe_coverage, extend_vocabulary, tokenizer_coverage
+
+    if processor.tokenizer is None:
+        return
+    texts = [r["text"] for r in train_records if r.get("text")] + [r["question"] for r in train_records
+                                                                   if r.get("question")]
+    if cfg.train.extend_vocabulary and resumed:
+        missing = len(processor.tokenizer) - model.config.vocab_size
+        if missing > 0:
+            unk = processor.tokenizer.unk_token_id or 0
+            model.resize_vocabulary(len(processor.tokenizer), [[unk]] * missing)
+    elif cfg.train.extend_vocabulary:
+        before = tokenizer_coverage(processor.tokenizer, texts)
+        print(f"[medvlm] before extension, {describe_coverage(before)}")
+        tokenizer, summary = extend_vocabulary(model, processor.tokenizer, texts, Path(cfg.train.output_dir) / "tokenizer",
+                                               cfg.train.extend_vocabulary)
+        processor.tokenizer = tokenizer
+        print(f"[medvlm] vocabulary extended by {summary['added_pieces']} pieces fitted on the training text "
+              f"({summary['vocab_size_before']} -> {summary['vocab_size_after']})")
+    print(f"[medvlm] {describe_coverage(tokenizer_coverage(processor.tokenizer, texts))}")
