@@ -191,7 +191,8 @@ class DataConfig:
     dataset: Dataset = "synthetic"
     root: str | None = None
     options: dict = field(default_factory=dict)  # passed to the dataset's loader
-    image_size: int = setting(128, min=16)
+    # pixels per side; null: the vision checkpoint's own input size (model.vision.pretrained_path), else 128
+    image_size: int | None = setting(None, min=16)
     resize_mode: Literal["pad", "crop"] = "pad"  # medvlm.data.images.RESIZE_MODES
     augment: bool = True
     max_length: int = setting(128, min=8)  # tokens per text; at most the text tower's positions
@@ -212,6 +213,7 @@ class LoraSettings:
     alpha: float = setting(16.0, gt=0)
     dropout: float = setting(0.0, min=0, lt=1)
     towers: list[Tower] = field(default_factory=lambda: ["fusion", "text"])
+    full_towers: list[Tower] = field(default_factory=list)  # trained in full beside the adapters
 
 
 @dataclass
@@ -458,8 +460,27 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), read_yaml(raw, f"override '{text}'") if raw.strip() else None
 
 
+DEFAULT_IMAGE_SIZE = 128
+
+
+def _image_size_for(cfg: RunConfig) -> int:
+    """data.image_size when set, else the input size the vision checkpoint was trained at."""
+    if cfg.data.image_size is not None:
+        return cfg.data.image_size
+    path = (cfg.model.values.get("vision") or {}).get("pretrained_path")
+    if path:
+        from .modeling.sources import resolve_local
+        from .modeling.vision_sources import native_image_size
+
+        native = native_image_size(resolve_local(path, "model.vision.pretrained_path"))
+        if native:
+            return int(native)
+    return DEFAULT_IMAGE_SIZE
+
+
 def _check_across_sections(cfg: RunConfig) -> RunConfig:
     """Rules between keys of different sections (each key's own range is checked where it is read)."""
+    cfg.data.image_size = _image_size_for(cfg)
     if cfg.model.architecture != "medvlm":
         return cfg
     text = cfg.model.values.get("text") or {}

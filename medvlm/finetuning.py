@@ -28,24 +28,35 @@ def lora_target_regex(towers: list[str], targets: dict[str, tuple[str, tuple[str
 
 
 def add_lora(model, settings: dict):
-    """Wrap `model` with LoRA adapters on the named towers; everything else is frozen."""
+    """Wrap `model` with LoRA adapters on the named `towers`; the `full_towers` train in full
+    beside them (e.g. new fusion layers over adapted pretrained towers); the rest is frozen."""
     from peft import LoraConfig, get_peft_model
 
-    known = {"r", "alpha", "dropout", "towers"}
+    known = {"r", "alpha", "dropout", "towers", "full_towers"}
     unknown = set(settings) - known
     if unknown:
         raise UserError(f"train.lora: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
     towers = list(settings.get("towers", ["fusion", "text"]))
-    bad = set(towers) - set(TOWERS)
-    if bad:
-        raise UserError(f"train.lora.towers: unknown tower(s) {sorted(bad)}; choose from {list(TOWERS)}")
+    full = list(settings.get("full_towers", []))
+    for key, names in (("towers", towers), ("full_towers", full)):
+        bad = set(names) - set(TOWERS)
+        if bad:
+            raise UserError(f"train.lora.{key}: unknown tower(s) {sorted(bad)}; choose from {list(TOWERS)}")
+    if set(towers) & set(full):
+        raise UserError(f"train.lora: {sorted(set(towers) & set(full))} both adapted (towers) and trained in full "
+                        "(full_towers); name each tower in one of them")
     config = LoraConfig(
         r=int(settings.get("r", 8)),
         lora_alpha=int(settings.get("alpha", 16)),
         lora_dropout=float(settings.get("dropout", 0.0)),
         target_modules=lora_target_regex(towers, model.lora_targets()),
     )
-    return get_peft_model(model, config)
+    modules = model.tower_modules()
+    wrapped = get_peft_model(model, config)
+    for tower in full:
+        for item in modules[tower]:
+            item.requires_grad_(True)
+    return wrapped
 
 
 def base_model(model):

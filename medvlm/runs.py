@@ -38,6 +38,32 @@ def init_from_dir(cfg: RunConfig) -> Path:
     return check_model_dir(path, "train.init_from")
 
 
+def vision_spec(cfg: RunConfig) -> dict:
+    """The model's vision dict: the preset's keys over what the tower's checkpoint files say
+    (kind, architecture, channels, normalisation) over the defaults."""
+    from .modeling.configuration_medvlm import DEFAULT_VISION
+    from .modeling.sources import resolve_local
+    from .modeling.vision_sources import vision_spec_from_checkpoint
+
+    m = cfg.model
+    written = dict(m.values.get("vision") or {})
+    if not written.get("pretrained_path"):
+        return {**m.vision, "img_size": cfg.data.image_size}
+    folder = resolve_local(written["pretrained_path"], "model.vision.pretrained_path")
+    found = vision_spec_from_checkpoint(folder, written.get("model_name"))
+    found.pop("native_image_size", None)
+    return {**DEFAULT_VISION, **found, **written, "img_size": cfg.data.image_size}
+
+
+def image_transform(cfg: RunConfig, vision: dict) -> ImageTransform:
+    """The image transform of the vision tower: its channels and its own normalisation, unless
+    the preset sets model.vision.mean / std."""
+    d = cfg.data
+    return ImageTransform(d.image_size, resize_mode=d.resize_mode, in_chans=vision.get("in_chans", 1),
+                          mean=vision.get("mean") if vision.get("mean") is not None else 0.5,
+                          std=vision.get("std") if vision.get("std") is not None else 0.5)
+
+
 def build_processor(cfg: RunConfig, train_records: list[dict]) -> MedVLMProcessor:
     """The tokenizer comes from `train.init_from`, `data.tokenizer`, or is trained on the
     training reports (saved under the run directory)."""
@@ -56,8 +82,7 @@ def build_processor(cfg: RunConfig, train_records: list[dict]) -> MedVLMProcesso
         corpus = [r["text"] for r in train_records] + [r["question"] for r in train_records if r.get("question")]
         tokenizer = train_report_tokenizer(corpus, Path(cfg.train.output_dir) / "tokenizer",
                                            vocab_size=d.tokenizer_vocab_size, model_max_length=d.max_length)
-    transform = ImageTransform(d.image_size, resize_mode=d.resize_mode, in_chans=m.vision.get("in_chans", 1))
-    return MedVLMProcessor(tokenizer, transform, max_length=d.max_length)
+    return MedVLMProcessor(tokenizer, image_transform(cfg, vision_spec(cfg)), max_length=d.max_length)
 
 
 def model_config(cfg: RunConfig, tokenizer) -> MedVLMConfig:
@@ -77,7 +102,7 @@ def model_config(cfg: RunConfig, tokenizer) -> MedVLMConfig:
     vocab_size = max(len(tokenizer), int(text.get("vocab_size") or 0)) if text.get("pretrained_path") else len(tokenizer)
     return MedVLMConfig(
         **settings,
-        vision={**m.vision, "img_size": cfg.data.image_size},
+        vision=vision_spec(cfg),
         text=text,
         vocab_size=vocab_size,
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,

@@ -80,3 +80,17 @@ def test_extend_vocabulary_needs_init_from():
 
     with pytest.raises(ConfigError, match="extend_vocabulary' needs train.init_from"):
         load_config(ROOT / "configs/demo.yaml", ["train.extend_vocabulary=10"])
+
+
+def test_lora_full_towers_train_beside_the_adapters():
+    from medvlm.errors import UserError
+    from medvlm.finetuning import add_lora
+
+    lora = add_lora(MedVLMForConditionalGeneration(tiny_config()), {"towers": ["text"], "full_towers": ["fusion"]})
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert any(".fusion." in n and "lora_" not in n for n in trainable)  # new layers in full
+    assert any(".text." in n and "lora_" in n for n in trainable)
+    assert not any(".text." in n and "lora_" not in n for n in trainable)  # the LM itself frozen
+    assert not any(".vision." in n for n in trainable)
+    with pytest.raises(UserError, match="both adapted"):
+        add_lora(MedVLMForConditionalGeneration(tiny_config()), {"towers": ["text"], "full_towers": ["text"]})

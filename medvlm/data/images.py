@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import os
 import warnings
 from pathlib import Path
@@ -390,6 +391,10 @@ class ImageTransform:
     with probability 0.5 only when ``hflip=True`` (off by default: a flip swaps laterality and
     reports name sides); clamp to [0, 1]; ``(x - mean) / std``; repeat to `in_chans` channels.
 
+    `mean` / `std`: one float for every channel, or a list of `in_chans` floats: channel c is then
+    ``(x - mean[c]) / std[c]`` of the one grayscale image, the per-channel normalisation an RGB
+    encoder was trained with (its preprocessor's image_mean / image_std).
+
     Randomness: with ``seed=None`` it draws from torch's global RNG, which a DataLoader seeds
     differently in each worker. With a seed it uses its own generator seeded with
     ``seed + worker_id`` (so workers do not repeat each other), reproducible run to run.
@@ -400,8 +405,8 @@ class ImageTransform:
         image_size: int,
         resize_mode: str = "pad",
         in_chans: int = 1,
-        mean: float = 0.5,
-        std: float = 0.5,
+        mean: float | list[float] = 0.5,
+        std: float | list[float] = 0.5,
         augment: bool = False,
         hflip: bool = False,
         rotation_deg: float = 5.0,
@@ -416,13 +421,13 @@ class ImageTransform:
             raise UserError(f"in_chans must be 1 or 3, got {in_chans}")
         if int(image_size) < 1:
             raise UserError(f"image_size must be positive, got {image_size}")
-        if std <= 0:
-            raise UserError(f"std must be positive, got {std}")
         self.image_size = int(image_size)
         self.resize_mode = resize_mode
         self.in_chans = int(in_chans)
-        self.mean = float(mean)
-        self.std = float(std)
+        self.mean = _channel_values("mean", mean, self.in_chans)
+        self.std = _channel_values("std", std, self.in_chans)
+        if any(v <= 0 for v in (self.std if isinstance(self.std, list) else [self.std])):
+            raise UserError(f"std must be positive, got {std}")
         self.augment = bool(augment)
         self.hflip = bool(hflip)
         self.rotation_deg = float(rotation_deg)
@@ -439,6 +444,9 @@ class ImageTransform:
                 "rotation_deg", "scale", "brightness", "contrast", "seed")
         d = {k: getattr(self, k) for k in keys}
         d["scale"] = list(d["scale"])
+        for k in ("mean", "std"):  # a copy: a float stays a float, a per-channel list a list
+            if isinstance(d[k], list):
+                d[k] = list(d[k])
         return d
 
     def __repr__(self) -> str:
@@ -489,8 +497,27 @@ class ImageTransform:
             x = (x - mu) * c + mu
             x = x * b
         x = x.clamp_(0.0, 1.0)
+        if isinstance(self.mean, list) or isinstance(self.std, list):  # per channel
+            mean = torch.tensor(self.mean, dtype=torch.float32).expand(self.in_chans)[:, None, None]  # (C, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).expand(self.in_chans)[:, None, None]
+            return (x.unsqueeze(0) - mean) / std  # (C, S, S)
         x = (x - self.mean) / self.std
         return x.unsqueeze(0).expand(self.in_chans, S, S).contiguous()  # (C, S, S)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _channel_values(name: str, value, in_chans: int) -> float | list[float]:
+    """`mean` / `std` as a float (every channel) or a list of `in_chans` floats."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != in_chans or not all(_is_number(v) for v in value):
+            raise UserError(f"{name} must be a number or a list of in_chans={in_chans} numbers, got {list(value)!r}")
+        return [float(v) for v in value]
+    if not _is_number(value):
+        raise UserError(f"{name} must be a number or a list of in_chans={in_chans} numbers, got {value!r}")
+    return float(value)
 
 
 def _affine_coeffs(angle_deg: float, zoom: float, size: int) -> tuple:

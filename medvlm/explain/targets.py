@@ -5,9 +5,11 @@
   difference of a positive and a negative prompt embedding, the score is the zero-shot
   classification score cos(image, positive) - cos(image, negative).
 
-Default layer: the last backbone stage whose stride is at most `MAX_STRIDE` (16). The
-stride-32 stage of a CNN is 4 x 4 at 128 px, too coarse to put a peak on a nodule or a tube, and
-right before global pooling its Grad-CAM weights every position alike; `layer=` picks any other.
+Default layer (the tower's `default_cam_layer`): for a timm backbone the last stage whose stride
+is at most `MAX_STRIDE` (16). The stride-32 stage of a CNN is 4 x 4 at 128 px, too coarse to put
+a peak on a nodule or a tube, and right before global pooling its Grad-CAM weights every position
+alike. For a transformers or open_clip ViT, the last block's pre-attention norm. `layer=` picks
+any other.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ MAX_STRIDE = 16
 
 
 def default_layer(model, max_stride: int | None = MAX_STRIDE) -> str:
-    """The last vision-backbone stage with stride <= max_stride (None: the last stage), as a
-    `get_submodule` name."""
-    stages = model.vision_tower().backbone.feature_info
-    fine = [s for s in stages if max_stride is None or s["reduction"] <= max_stride]
-    return f"{model.vision_backbone_name}.{(fine or stages)[-1]['module']}"
+    """The vision tower's own Grad-CAM layer as a `get_submodule` name of the model: for a timm
+    tower the last backbone stage with stride <= max_stride (None: the last stage), for a
+    transformers or open_clip ViT its last block's pre-attention norm (see each tower's
+    `default_cam_layer`). The tower sits where `vision_backbone_name` minus its last part says
+    ("model.vision" for MedVLM, "vision" for CheXNet)."""
+    tower_name = model.vision_backbone_name.rsplit(".", 1)[0]
+    return f"{tower_name}.{model.vision_tower().default_cam_layer(max_stride)}"
 
 
 def classifier_cams(model, pixels: torch.Tensor, label_indices: torch.Tensor, layer: str | None = None,

@@ -14,6 +14,10 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 DEFAULT_VISION = {
+    "kind": None,  # None / "timm", "transformers" or "open_clip"; recognised from a checkpoint's files
+    "config": None,  # transformers: the vision config as a dict; open_clip: its model_cfg
+    "mean": None,  # per-channel normalisation of the encoder (None: 0.5 / 0.5)
+    "std": None,
     "model_name": "vit_tiny_patch16_224",
     "img_size": 224,
     "in_chans": 1,

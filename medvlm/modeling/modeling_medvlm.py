@@ -35,7 +35,7 @@ from .losses import (
     weighted_total,
 )
 from .text import TextTower
-from .vision import VisionTower, init_layer_weights
+from .vision import build_vision_tower, init_layer_weights
 
 logger = hf_logging.get_logger(__name__)
 
@@ -95,8 +95,8 @@ class MedVLMPreTrainedModel(PreTrainedModel):
         # the timm backbone has its own
         super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
         for module in self.modules():
-            if isinstance(module, VisionTower) and hasattr(module.backbone, "set_grad_checkpointing"):
-                module.backbone.set_grad_checkpointing(enable)
+            if module is not self and hasattr(module, "set_grad_checkpointing") and hasattr(module, "block_prefix"):
+                module.set_grad_checkpointing(enable)  # a vision tower: each kind has its own switch
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: weight matrices decay; biases, norms, scales (including the
@@ -128,8 +128,7 @@ class MedVLMModel(MedVLMPreTrainedModel):
     def __init__(self, config: MedVLMConfig):
         super().__init__(config)
         v = config.vision
-        self.vision = VisionTower(v["model_name"], v["img_size"], v["in_chans"], v.get("timm_kwargs"),
-                                  v.get("token_reduction"), v.get("pool_tokens", False))
+        self.vision = build_vision_tower(v)  # timm, transformers (Dinov2, SigLIP, CLIP) or open_clip
         self.text = TextTower(config.text)
         width = self.text.hidden_size
         self.image_to_fusion = nn.Linear(self.vision.token_features, width)
@@ -322,7 +321,7 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         self.config.text["vocab_size"] = new_size
         text.model.config.vocab_size = new_size
 
-    def vision_tower(self) -> VisionTower:
+    def vision_tower(self) -> nn.Module:
         """The vision tower: `.backbone` is its timm model (named `vision_backbone_name`),
         `.num_prefix_tokens` the class/register tokens before its patch tokens."""
         return self.model.vision
