@@ -168,3 +168,19 @@ def test_a_hub_id_without_the_hub_is_a_clear_error(monkeypatch):
 def test_a_path_that_is_not_there_names_the_setting(tmp_path):
     with pytest.raises(UserError, match="model.text.pretrained_path"):
         build_processor(run_config(tmp_path / "nowhere"), [])
+
+
+def test_the_readme_yaml_and_the_presets_are_valid_run_configs(tmp_path):
+    """The README's "Pretrained towers" YAML and every configs/pretrained preset load as run
+    configs (the image size is given, so nothing is looked up on the hub)."""
+    import re
+
+    from tiny import ROOT
+
+    block = re.search(r"<!-- example:pretrained-yaml -->\s*```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    (tmp_path / "readme.yaml").write_text(block.group(1))
+    presets = sorted((ROOT / "configs" / "pretrained").glob("*.yaml"))
+    assert len(presets) >= 2
+    for path in [tmp_path / "readme.yaml", *presets]:
+        cfg = load_config(path, ["data.image_size=224"])
+        assert cfg.model.values["vision"]["pretrained_path"] and cfg.model.values["text"]["pretrained_path"], path

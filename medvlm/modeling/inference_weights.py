@@ -30,7 +30,7 @@ def for_generation(model: MedVLMForConditionalGeneration, weights: str) -> MedVL
 
 
 def quantized_int8(model: MedVLMForConditionalGeneration) -> MedVLMForConditionalGeneration:
-    """A CPU copy whose linear maps (vision, text and fusion layers, and the tied LM head) hold
+    """A CPU copy whose linear maps (vision, text and fusion layers, and the LM head) hold
     int8 weights, one scale per output row; convolutions, norms and embeddings stay float32.
     Uses torch's dynamic quantisation (`torch.ao.quantization.quantize_dynamic`, x86/fbgemm
     kernels); torch marks that API deprecated in favour of torchao, whose CPU kernels for this
@@ -39,7 +39,7 @@ def quantized_int8(model: MedVLMForConditionalGeneration) -> MedVLMForConditiona
 
     quantized = copy.deepcopy(model).cpu().float().eval()
     _as_plain_linear(quantized)
-    embedding = quantized.model.text.token_embeddings.weight  # (V, D): the tied LM head
+    embedding = quantized.model.text.head_weight()  # (V, D): the LM head, tied or the LM's own
     head = nn.Linear(embedding.shape[1], embedding.shape[0])
     with torch.no_grad():
         head.weight.copy_(embedding)

@@ -167,7 +167,7 @@ class MedVLMModel(MedVLMPreTrainedModel):
     def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> fusion-width patch tokens (B, N, D) and the normalised image embedding (B, E)."""
         # pixels arrive in float32 from the processor; weights may be held in bfloat16 (train.dtype)
-        tokens, pooled = self.vision(pixel_values.to(self.image_to_fusion.weight.dtype))  # (B, N, Dv), (B, Dv)
+        tokens, pooled = self.vision(pixel_values.to(self.logit_scale.dtype))  # (B, N, Dv), (B, Dv)
         tokens = self.image_to_fusion(tokens)  # (B, N, D)
         if self.image_positions is not None:
             tokens = tokens + self.image_positions
