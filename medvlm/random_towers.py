@@ -60,6 +60,8 @@ def save_random_lm(folder: str | Path, text_config: dict, words: list[str], extr
     ids = {role: tokenizer.convert_tokens_to_ids(getattr(tokenizer, role))
            for role in ("bos_token", "eos_token", "pad_token") if getattr(tokenizer, role) is not None}
     fields.setdefault("vocab_size", len(tokenizer) + extra_rows)
+    if ids.get("pad_token") in (ids.get("bos_token"), ids.get("eos_token")):
+        del ids["pad_token"]  # as in Qwen's config: a pad id would zero that shared row at init
     for role, token_id in ids.items():
         fields.setdefault(role.replace("_token", "_token_id"), token_id)
     config = AutoConfig.for_model(model_type, **fields)

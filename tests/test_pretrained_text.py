@@ -184,3 +184,19 @@ def test_the_readme_yaml_and_the_presets_are_valid_run_configs(tmp_path):
     for path in [tmp_path / "readme.yaml", *presets]:
         cfg = load_config(path, ["data.image_size=224"])
         assert cfg.model.values["vision"]["pretrained_path"] and cfg.model.values["text"]["pretrained_path"], path
+
+
+def test_a_pad_shared_with_bos_or_eos_is_no_padding_idx(family):
+    """Qwen and GPT-2 frame reports with their end-of-text token, which is also the pad: it must
+    not become the embedding's padding_idx (a zero, frozen row for the token every report starts
+    with: with random weights, backpropagation through that zero row overflows to NaN)."""
+    _, _, processor, model = family
+    embedding = model.model.text.token_embeddings
+    tokenizer = processor.tokenizer
+    if tokenizer.pad_token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        assert embedding.padding_idx is None
+    model.train()
+    out = model(**batch(processor))
+    out.loss.backward()
+    assert embedding.weight.grad[model.config.bos_token_id].abs().sum() > 0  # the start token trains
+    model.zero_grad()

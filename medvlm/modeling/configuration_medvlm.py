@@ -108,6 +108,11 @@ class MedVLMConfig(PreTrainedConfig):
         self.vision = {**DEFAULT_VISION, **(self.vision or {})}
         self.text = merged_text(self.text)
         # the text tower shares the tokenizer, hence the vocabulary and special ids, of the whole model
+        # A pad that doubles as BOS/EOS (GPT-2, Qwen) must not reach the tower as its pad id:
+        # transformers makes it the embedding's padding_idx, which would zero that row at init and
+        # freeze it in training, though every report starts and ends with it. Pads are masked by
+        # the attention mask, never by id.
+        shared = self.pad_token_id in (self.bos_token_id, self.eos_token_id)
         self.text.update(vocab_size=self.vocab_size, bos_token_id=self.bos_token_id,
-                         eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id)
+                         eos_token_id=self.eos_token_id, pad_token_id=None if shared else self.pad_token_id)
         super().__post_init__(**kwargs)
