@@ -387,7 +387,7 @@ def print_table(result: dict) -> None:
           f"bare LM {p['bare_lm'] / 1e6:.1f} M",
           file=sys.stderr)
     for name, target in result["targets"].items():
-        print(f"target: ours <= {TARGET}x bare LM, {name}: ratio {target['ratio']:.3f} "
+        print(f"target: {name}: ratio {target['ratio']:.3f} "
               f"{'PASS' if target['met'] else 'MISS'}", file=sys.stderr)
 
 
@@ -447,7 +447,9 @@ def main(argv=None) -> dict:
     result["settings"] = settings(args, threads)
     result["memory_method"] = MEMORY_METHOD
     result["cases"] = {f"images_{n}": summarise(n, times, peaks, args.new_tokens) for n in args.images}
-    result["targets"] = {key: {"ratio": c["ratio"], "most": TARGET, "met": c["ratio"] <= TARGET}
+    # named as target_means.py reads them: "<case> s <= <limit>x <what>"
+    result["targets"] = {f"greedy {key} s <= {TARGET}x bare LM": {"ratio": c["ratio"], "most": TARGET,
+                                                                 "met": c["ratio"] <= TARGET}
                          for key, c in result["cases"].items()}
     # the decoding-step forms our fusion layers and LM head chose by timing (kernels.few_row_linear);
     # the LM's own layers (and the bare LM) use F.linear
