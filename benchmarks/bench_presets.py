@@ -14,7 +14,7 @@ training process) and writes them to benchmarks/results/<machine>_presets.json.
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import tempfile
@@ -97,21 +97,24 @@ def run_preset(name: str, work: Path, steps: int, batch_size: int) -> dict:
             "train.grad_accum=1", "train.warmup_steps=1", "train.log_every=1", "train.eval_every=0",
             "train.save_every=0", "train.tensorboard=false", "train.mixed_precision='no'"]
     started = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    done = subprocess.run(argv, capture_output=True, text=True)
+    log = out.with_suffix(".log")
+    with open(log, "w") as sink:  # the run's own peak memory: os.wait4 gives this child's rusage alone
+        child = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if done.returncode != 0:
-        raise SystemExit(f"{name}: train.py failed\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    peak_kib = usage.ru_maxrss
+    stdout = log.read_text()
+    if child.returncode != 0:
+        raise SystemExit(f"{name}: train.py failed\n{stdout[-6000:]}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rates = [r["samples_per_s"] for r in rows if "samples_per_s" in r and r.get("step", 0) > 1]  # step 1 warms up
     rates.sort()
     median_rate = rates[len(rates) // 2] if rates else float("nan")
-    params = next((line for line in done.stdout.splitlines() if "parameters" in line), "")
+    params = next((line for line in stdout.splitlines() if "parameters" in line), "")
     return {"preset": name, "steps": steps, "batch_size": batch_size, "samples_per_s": median_rate,
             "seconds_per_step": batch_size / median_rate if median_rate else float("nan"),
-            "peak_rss_gib": peak_kib / 2**20, "peak_rss_note": "max RSS of any child process so far (the run, or "
-            "an earlier larger one)" if before else "max RSS of the training process", "wall_s": wall,
+            "peak_rss_gib": peak_kib / 2**20, "peak_rss_note": "max RSS of the training process", "wall_s": wall,
             "parameters_line": params.strip()}
 
 

@@ -222,17 +222,18 @@ def fit_vocabulary(cfg: RunConfig, processor: MedVLMProcessor, model, train_reco
         return
     texts = [r["text"] for r in train_records if r.get("text")] + [r["question"] for r in train_records
                                                                    if r.get("question")]
-    if cfg.train.extend_vocabulary and resumed:
+    if cfg.train.extend_vocabulary and not resumed:
+        tokenizer, summary = extend_vocabulary(model, processor.tokenizer, texts, Path(cfg.train.output_dir) / "tokenizer",
+                                               cfg.train.extend_vocabulary)
+        processor.tokenizer = tokenizer
+        print(f"[medvlm] before extension, {describe_coverage(summary['coverage_before'])}")
+        print(f"[medvlm] vocabulary extended by {summary['added_pieces']} pieces fitted on the training text "
+              f"({summary['vocab_size_before']} -> {summary['vocab_size_after']})")
+        print(f"[medvlm] {describe_coverage(summary['coverage_after'])}")
+        return
+    if cfg.train.extend_vocabulary:  # resumed: rows for the grown tokenizer, their weights from the checkpoint
         missing = len(processor.tokenizer) - model.config.vocab_size
         if missing > 0:
             unk = processor.tokenizer.unk_token_id or 0
             model.resize_vocabulary(len(processor.tokenizer), [[unk]] * missing)
-    elif cfg.train.extend_vocabulary:
-        before = tokenizer_coverage(processor.tokenizer, texts)
-        print(f"[medvlm] before extension, {describe_coverage(before)}")
-        tokenizer, summary = extend_vocabulary(model, processor.tokenizer, texts, Path(cfg.train.output_dir) / "tokenizer",
-                                               cfg.train.extend_vocabulary)
-        processor.tokenizer = tokenizer
-        print(f"[medvlm] vocabulary extended by {summary['added_pieces']} pieces fitted on the training text "
-              f"({summary['vocab_size_before']} -> {summary['vocab_size_after']})")
     print(f"[medvlm] {describe_coverage(tokenizer_coverage(processor.tokenizer, texts))}")

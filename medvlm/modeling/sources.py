@@ -5,6 +5,7 @@ reachable. Where it is not (an air-gapped hospital machine, CI), the error says 
 download and where to point the setting, instead of a connection traceback.
 """
 
+import functools
 import re
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def resolve_local(value: str | Path, key: str, wanted: str | None = None) -> Pat
     return _hub_snapshot(text, key, wanted)
 
 
+@functools.cache  # one lookup per process: the config, the processor and the model all ask
 def _hub_snapshot(repo_id: str, key: str, wanted: str | None) -> Path:
     from huggingface_hub import constants, snapshot_download
 

@@ -28,15 +28,16 @@ from ..errors import UserError
 WEIGHT_FILE_NAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
-def read_state_dict(path: str | Path, key: str = "model.vision.pretrained_path") -> dict[str, torch.Tensor]:
-    """Weights from a .safetensors file, a torch file (tensors only), or a directory holding one;
-    a missing file is a UserError naming the config `key` that gave the path."""
+def read_state_dict(path: str | Path, key: str = "model.vision.pretrained_path",
+                    names: tuple[str, ...] = WEIGHT_FILE_NAMES) -> dict[str, torch.Tensor]:
+    """Weights from a .safetensors file, a torch file (tensors only), or a directory holding one
+    of `names`; a missing file is a UserError naming the config `key` that gave the path."""
     path = Path(path)
     if path.is_dir():
-        found = [path / name for name in WEIGHT_FILE_NAMES if (path / name).is_file()]
+        found = [path / name for name in names if (path / name).is_file()]
         if not found:
             raise UserError(f"{key}={str(path)!r}: no weight file in that directory (looked for "
-                            f"{', '.join(WEIGHT_FILE_NAMES)})")
+                            f"{', '.join(names)})")
         path = found[0]
     if not path.is_file():
         raise UserError(f"{key}={str(path)!r}: weight file not found")

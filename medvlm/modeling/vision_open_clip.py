@@ -21,9 +21,7 @@ from torch import nn
 from ..errors import UserError
 from .vision import (CAM_MAX_STRIDE, check_tower_in_chans, copy_state_strictly, expand_channels, parse_pool_tokens,
                      pool_token_grid, read_state_dict, timm_block_prefix, timm_cam_module, timm_lora_targets)
-
-KEY = "model.vision.pretrained_path"
-WEIGHT_FILE_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+from .vision_sources import KEY, OPEN_CLIP_WEIGHTS
 
 
 def import_open_clip():
@@ -34,20 +32,6 @@ def import_open_clip():
         raise UserError("model.vision.kind='open_clip' needs the open_clip package: "
                         "pip install open_clip_torch") from None
     return open_clip
-
-
-def weight_file(path: str | Path) -> Path:
-    """The open_clip weight file itself, or the one in a checkpoint folder."""
-    path = Path(path)
-    if path.is_dir():
-        found = [path / name for name in WEIGHT_FILE_NAMES if (path / name).is_file()]
-        if not found:
-            raise UserError(f"{KEY}={str(path)!r}: no open_clip weight file in that directory (looked for "
-                            f"{', '.join(WEIGHT_FILE_NAMES)})")
-        return found[0]
-    if not path.is_file():
-        raise UserError(f"{KEY}={str(path)!r}: weight file not found")
-    return path
 
 
 def first_conv_channels(trunk: nn.Module) -> int:
@@ -138,13 +122,12 @@ class OpenClipVisionTower(nn.Module):
         """The `visual.` weights of a local open_clip checkpoint (folder or weight file), loaded
         with every key matching; the trunk's position embeddings are resampled when the tower
         runs at another image size."""
-        file = weight_file(path)
-        state = read_state_dict(file)
+        state = read_state_dict(path, KEY, OPEN_CLIP_WEIGHTS)
         if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
             state = {k[len("module."):]: v for k, v in state.items()}
         visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
         if not visual:
-            raise UserError(f"{KEY}={str(file)!r}: no `visual.` weights: not an open_clip model's state dict")
+            raise UserError(f"{KEY}={str(path)!r}: no `visual.` weights: not an open_clip model's state dict")
         own = self.backbone.state_dict()
         key = "trunk.pos_embed"
         if key in visual and key in own and visual[key].shape != own[key].shape:
@@ -153,7 +136,7 @@ class OpenClipVisionTower(nn.Module):
             prefix = 0 if getattr(self.trunk, "no_embed_class", False) else self.num_prefix_tokens
             visual[key] = resample_abs_pos_embed(visual[key], new_size=list(self.trunk.patch_embed.grid_size),
                                                  num_prefix_tokens=prefix)
-        copy_state_strictly(self.backbone, visual, file)
+        copy_state_strictly(self.backbone, visual, path)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pixels (B, C, H, W) -> patch tokens (B, N, trunk width), pooled (B, num_features)."""
