@@ -330,6 +330,36 @@ def explain_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def serve_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="medvlm serve", description="A local web app and JSON API (/healthz, /v1/report, /v1/vqa) over a "
+                                         "trained model; needs the serve extra: pip install -e \".[serve]\"")
+    parser.add_argument("--checkpoint", required=True, help="a saved model directory, e.g. runs/demo/final")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=positive_int, default=7860)
+    parser.add_argument("--examples", help="a folder of studies to offer as examples (one subfolder per study, or "
+                                           "files named <study>_<view>.png)")
+    parser.add_argument("--gallery", default="auto", help="report gallery for 'similar reports': 'auto' (the "
+                                                          "training reports of the run), a text file with one "
+                                                          "report per line, or 'none'")
+    parser.add_argument("--weights", choices=typing.get_args(WeightFormat), default="fp32")
+    parser.add_argument("--max-upload-mb", type=positive_float, default=32.0, help="largest file accepted")
+    parser.add_argument("--max-pixels", type=positive_int, default=50_000_000, help="largest image accepted")
+    parser.add_argument("--timeout", type=positive_float, default=120.0, help="seconds one request may take")
+    parser.add_argument("--max-queue", type=nonnegative_int, default=4, help="requests that may wait; more are "
+                                                                              "answered 503 busy")
+    args = parser.parse_args(argv)
+
+    from .serve.server import serve
+    from .serve.uploads import Limits
+
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                    timeout_s=args.timeout, max_queue=args.max_queue)
+    serve(str(_model_dir(args.checkpoint)), args.host, args.port, args.examples,
+          None if args.gallery == "none" else args.gallery, args.weights, limits)
+    return 0
+
+
 # ---------------------------------------------------------------- tokenizer / prepare / label
 
 def tokenizer_main(argv: list[str] | None = None) -> int:
@@ -400,6 +430,7 @@ COMMANDS = {
     "retrieve": retrieve_main,
     "explain": explain_main,
     "label": label_main,
+    "serve": serve_main,
 }
 
 
