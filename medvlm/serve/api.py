@@ -86,108 +86,122 @@ async def _form(request: Request, limits: Limits):
         raise UploadError(f"the request is not a readable multipart form ({error})", reason="bad_form") from None
 
 
-def create_api(reader: StudyReader, limits: Limits = Limits()) -> FastAPI:
-    app = FastAPI(title="medvlm", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
-    gate = Gate(limits.max_queue)
-    app.state.gate, app.state.reader, app.state.limits = gate, reader, limits
-
-    @app.exception_handler(UploadError)
-    async def bad_upload(request, error: UploadError):
+def _handlers(gate: Gate, limits: Limits) -> dict:
+    """Exception -> JSON answer: what the client got wrong is a 4xx, anything else a 500 without
+    a traceback (logged by type only: a message could quote a file's contents)."""
+    def upload(request, error: UploadError):
         return _error(error.status, str(error), error.reason)
 
-    @app.exception_handler(UserError)
-    async def bad_input(request, error: UserError):
+    def user(request, error: UserError):
         return _error(400, str(error), getattr(error, "reason", None) or "bad_input")
 
-    @app.exception_handler(Busy)
-    async def busy(request, error):
+    def busy(request, error):
         return _error(503, f"busy: {gate.capacity} requests are already running or waiting; retry shortly", "busy")
 
-    @app.exception_handler(TimeoutError)
-    async def too_slow(request, error):
+    def too_slow(request, error):
         return _error(504, f"{error} ({limits.timeout_s:g} s)", "timeout")
 
-    @app.exception_handler(Exception)
-    async def unexpected(request, error):
+    def unexpected(request, error):
         logger.error("request %s failed: %s", request.url.path, type(error).__name__)
         return _error(500, f"the server failed to process the request ({type(error).__name__})", "internal")
 
-    @app.get("/healthz")
-    async def healthz():
-        return {"status": "ok", "model": reader.name, "version": __version__, "vqa": reader.can_vqa}
+    return {UploadError: upload, UserError: user, Busy: busy, TimeoutError: too_slow, Exception: unexpected}
 
-    async def study(request: Request):
-        """(first image, note, settings) of a /v1/report form; the gate is entered by the caller."""
-        form = await _form(request, limits)
-        views = await _files(form, "images", limits)
-        prior = await _files(form, "prior", limits)
-        if not views:
-            raise UploadError("images: expected one or more image files (PNG, JPEG or DICOM)", reason="no_images")
-        settings = parse_settings({k: v for k, v in form.multi_items() if k not in ("images", "prior")})
-        # every file is checked, so a broken lateral is reported even though the first view is read
-        images = [await run_in_threadpool(read_upload, data, name, limits) for name, data in views + prior]
-        return images[0], study_note(len(views), len(prior)), settings
 
-    def answer_of(reading, note) -> dict:
-        return {"report": reading.text, "labels": reader.labels(reading.text), "elapsed_s": round(reading.elapsed_s, 3),
-                "note": note}
-
-    @app.post("/v1/report")
-    async def report(request: Request):
-        gate.enter()
-        try:
-            deadline = time.monotonic() + limits.timeout_s
-            image, note, settings = await study(request)
-            work = run_in_threadpool(reader.report, image, settings, deadline)
-            reading = await asyncio.wait_for(work, limits.timeout_s + 5)  # the deadline stops it first
-            return answer_of(reading, note)
-        finally:
-            gate.leave()
-
-    @app.post("/v1/report/stream")
-    async def report_stream(request: Request):
-        gate.enter()
-        try:
-            deadline = time.monotonic() + limits.timeout_s
-            image, note, settings = await study(request)
-        except BaseException:
-            gate.leave()
-            raise
-
-        async def lines():
-            try:
-                async for text, reading in iterate_in_threadpool(reader.stream_report(image, settings, deadline)):
-                    if reading is None:
-                        yield json.dumps({"text": text}) + "\n"
-                    else:
-                        yield json.dumps({**answer_of(reading, note), "first_token_s": reading.first_token_s}) + "\n"
-            except TimeoutError as error:  # the status is sent already: the last line says it
-                yield json.dumps({"error": str(error), "reason": "timeout"}) + "\n"
-            finally:
-                gate.leave()
-
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-    @app.post("/v1/vqa")
-    async def vqa(request: Request):
-        gate.enter()
-        try:
-            if not reader.can_vqa:
-                raise UploadError(f"{reader.name} was not trained to answer questions (train on VQA data, e.g. "
-                                  "configs/vqa_demo.yaml)", status=400, reason="no_vqa")
-            deadline = time.monotonic() + limits.timeout_s
-            form = await _form(request, limits)
-            files = await _files(form, "image", limits)
-            if len(files) != 1:
-                raise UploadError(f"image: expected exactly one image file, got {len(files)}", reason="no_images")
-            question = form.get("question")
-            if not isinstance(question, str):
-                raise UploadError("question: expected a text field with the question", reason="empty_question")
-            image = await run_in_threadpool(read_upload, files[0][1], files[0][0], limits)
-            answer = await asyncio.wait_for(run_in_threadpool(reader.answer, image, question, deadline),
-                                            limits.timeout_s + 5)
-            return {"answer": answer}
-        finally:
-            gate.leave()
-
+def create_api(reader: StudyReader, limits: Limits = Limits()) -> FastAPI:
+    app = FastAPI(title="medvlm", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.gate, app.state.reader, app.state.limits = Gate(limits.max_queue), reader, limits
+    for kind, handler in _handlers(app.state.gate, limits).items():
+        app.add_exception_handler(kind, handler)
+    app.add_api_route("/healthz", healthz, methods=["GET"])
+    app.add_api_route("/v1/report", report, methods=["POST"])
+    app.add_api_route("/v1/report/stream", report_stream, methods=["POST"])
+    app.add_api_route("/v1/vqa", vqa, methods=["POST"])
     return app
+
+
+async def healthz(request: Request):
+    reader = request.app.state.reader
+    return {"status": "ok", "model": reader.name, "version": __version__, "vqa": reader.can_vqa}
+
+
+async def _study(request: Request):
+    """(first image, note, settings) of a /v1/report form; every file is decoded, so a broken
+    lateral is reported even though only the first view is read."""
+    limits = request.app.state.limits
+    form = await _form(request, limits)
+    views = await _files(form, "images", limits)
+    prior = await _files(form, "prior", limits)
+    if not views:
+        raise UploadError("images: expected one or more image files (PNG, JPEG or DICOM)", reason="no_images")
+    settings = parse_settings({k: v for k, v in form.multi_items() if k not in ("images", "prior")})
+    images = [await run_in_threadpool(read_upload, data, name, limits) for name, data in views + prior]
+    return images[0], study_note(len(views), len(prior)), settings
+
+
+def _answer(reader: StudyReader, reading, note) -> dict:
+    return {"report": reading.text, "labels": reader.labels(reading.text), "elapsed_s": round(reading.elapsed_s, 3),
+            "note": note}
+
+
+async def report(request: Request):
+    state = request.app.state
+    state.gate.enter()
+    try:
+        deadline = time.monotonic() + state.limits.timeout_s
+        image, note, settings = await _study(request)
+        work = run_in_threadpool(state.reader.report, image, settings, deadline)
+        reading = await asyncio.wait_for(work, state.limits.timeout_s + 5)  # the deadline stops it first
+        return _answer(state.reader, reading, note)
+    finally:
+        state.gate.leave()
+
+
+async def report_stream(request: Request):
+    state = request.app.state
+    state.gate.enter()
+    try:
+        deadline = time.monotonic() + state.limits.timeout_s
+        image, note, settings = await _study(request)
+    except BaseException:
+        state.gate.leave()
+        raise
+
+    async def lines():
+        try:
+            async for text, reading in iterate_in_threadpool(state.reader.stream_report(image, settings, deadline)):
+                if reading is None:
+                    yield json.dumps({"text": text}) + "\n"
+                else:
+                    yield json.dumps({**_answer(state.reader, reading, note),
+                                      "first_token_s": reading.first_token_s}) + "\n"
+        except TimeoutError as error:  # the status is sent already: the last line says it
+            yield json.dumps({"error": str(error), "reason": "timeout"}) + "\n"
+        finally:
+            state.gate.leave()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def vqa(request: Request):
+    state = request.app.state
+    reader, limits = state.reader, state.limits
+    state.gate.enter()
+    try:
+        if not reader.can_vqa:
+            raise UploadError(f"{reader.name} was not trained to answer questions (train on VQA data, e.g. "
+                              "configs/vqa_demo.yaml)", reason="no_vqa")
+        deadline = time.monotonic() + limits.timeout_s
+        form = await _form(request, limits)
+        files = await _files(form, "image", limits)
+        if len(files) != 1:
+            raise UploadError(f"image: expected exactly one image file, got {len(files)}", reason="no_images")
+        question = form.get("question")
+        if not isinstance(question, str):
+            raise UploadError("question: expected a text field with the question", reason="empty_question")
+        image = await run_in_threadpool(read_upload, files[0][1], files[0][0], limits)
+        answer = await asyncio.wait_for(run_in_threadpool(reader.answer, image, question, deadline),
+                                        limits.timeout_s + 5)
+        return {"answer": answer}
+    finally:
+        state.gate.leave()
