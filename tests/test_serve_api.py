@@ -134,6 +134,8 @@ def test_ten_concurrent_requests_are_all_answered_or_told_busy(server):
 
 def test_the_server_writes_only_into_its_own_temporary_folder_and_removes_it(vqa_model, tmp_path):
     before = set(Path(tempfile.gettempdir()).glob("medvlm-serve-*"))
+    beside_model = sorted(p.name for p in vqa_model.parent.iterdir())
+    in_model = sorted(p.name for p in vqa_model.iterdir())
     running = Server(vqa_model, tmp_path / "log.txt")
     try:
         during = set(Path(tempfile.gettempdir()).glob("medvlm-serve-*")) - before
@@ -143,5 +145,5 @@ def test_the_server_writes_only_into_its_own_temporary_folder_and_removes_it(vqa
         running.stop()
     assert not any(p.exists() for p in during)
     assert running.process.returncode == 0
-    assert not any(vqa_model.parent.glob("*-eval")) and sorted(p.name for p in vqa_model.iterdir()) == sorted(
-        p.name for p in vqa_model.iterdir())  # nothing added beside the model
+    assert sorted(p.name for p in vqa_model.parent.iterdir()) == beside_model  # nothing written beside the model
+    assert sorted(p.name for p in vqa_model.iterdir()) == in_model               # or into it

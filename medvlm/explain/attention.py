@@ -186,7 +186,15 @@ def explain_generation(model, processor, image, question: str | None = None, lay
         # generate() returns inference-mode tensors; a clone can enter autograd
         maps = cross_attention_relevance(model, pixels, sequences.clone(), [p for _, p in words], layers, heads)
         return {"text": text, "words": [(w, m) for (w, _), m in zip(words, maps)], "pixels": pixels[0].cpu()}
+    words = generated_word_maps(model, processor.tokenizer, pixels, sequences, start, layers, heads)
+    return {"text": text, "words": words, "pixels": pixels[0].cpu()}
+
+
+@torch.no_grad()
+def generated_word_maps(model, tokenizer, pixels: torch.Tensor, sequences: torch.Tensor, start: int = 1,
+                        layers=None, heads=None) -> list[tuple[str, torch.Tensor]]:
+    """[(word, (h, w) raw attention map)] of a generated sequence (1, T) for its image (1, C, S, S)."""
     # the last token's own row predicts nothing, so the pass stops one short (and within the positions)
     inputs = sequences[:, :-1]
     maps = cross_attention_maps(model, pixels, inputs, torch.ones_like(inputs), layers, heads)[0]
-    return {"text": text, "words": word_maps(processor.tokenizer, sequences[0], maps, start), "pixels": pixels[0].cpu()}
+    return word_maps(tokenizer, sequences[0], maps, start)

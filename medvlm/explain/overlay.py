@@ -10,8 +10,11 @@ import torch
 import torch.nn.functional as F
 
 
-def display_image(pixels: torch.Tensor, mean: float = 0.5, std: float = 0.5) -> np.ndarray:
-    """Model input (C, S, S), normalised -> (S, S) in [0, 1] for display (first channel)."""
+def display_image(pixels: torch.Tensor, mean=0.5, std=0.5) -> np.ndarray:
+    """Model input (C, S, S), normalised -> (S, S) in [0, 1] for display (first channel; `mean`
+    and `std` a number or one per channel, as `ImageTransform` holds them)."""
+    mean = mean[0] if isinstance(mean, (list, tuple)) else mean
+    std = std[0] if isinstance(std, (list, tuple)) else std
     return (pixels[0].float() * std + mean).clamp(0, 1).cpu().numpy()
 
 

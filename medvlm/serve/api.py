@@ -144,12 +144,23 @@ def _answer(reader: StudyReader, reading, note) -> dict:
             "note": note}
 
 
-async def report(request: Request):
+async def _admitted_study(request: Request):
+    """Enter the gate, then read the study: (deadline, image, note, settings). The gate is left
+    again when reading fails; otherwise the caller leaves it once the answer is sent."""
     state = request.app.state
     state.gate.enter()
     try:
         deadline = time.monotonic() + state.limits.timeout_s
-        image, note, settings = await _study(request)
+        return (deadline, *await _study(request))
+    except BaseException:
+        state.gate.leave()
+        raise
+
+
+async def report(request: Request):
+    state = request.app.state
+    deadline, image, note, settings = await _admitted_study(request)
+    try:
         work = run_in_threadpool(state.reader.report, image, settings, deadline)
         reading = await asyncio.wait_for(work, state.limits.timeout_s + 5)  # the deadline stops it first
         return _answer(state.reader, reading, note)
@@ -159,13 +170,7 @@ async def report(request: Request):
 
 async def report_stream(request: Request):
     state = request.app.state
-    state.gate.enter()
-    try:
-        deadline = time.monotonic() + state.limits.timeout_s
-        image, note, settings = await _study(request)
-    except BaseException:
-        state.gate.leave()
-        raise
+    deadline, image, note, settings = await _admitted_study(request)
 
     async def lines():
         try:

@@ -120,15 +120,9 @@ class _TokenQueue(BaseStreamer):
         self.queue.put(None)
 
 
-class _Deadline:
-    """A stopping criterion: stop every sequence once `time.monotonic()` passes `at`."""
-
-    def __init__(self, at: float):
-        self.at = at
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), time.monotonic() >= self.at, dtype=torch.bool,
-                          device=input_ids.device)
+def _time_left(deadline: float | None) -> dict:
+    """transformers' own time limit (`max_time`, checked after every step) up to `deadline`."""
+    return {} if deadline is None else {"max_time": max(0.0, deadline - time.monotonic())}
 
 
 class StudyReader:
@@ -214,14 +208,11 @@ class StudyReader:
         result: dict = {}
 
         def work():
-            from transformers import StoppingCriteriaList
-
-            stopping = StoppingCriteriaList([_Deadline(deadline)]) if deadline else None
             try:
                 with self.lock, torch.no_grad():
                     result["started"] = time.monotonic()
                     result["sequences"] = self.generator.generate(pixel_values=pixels, streamer=streamer,
-                                                                  stopping_criteria=stopping, **settings)
+                                                                  **settings, **_time_left(deadline))
             except BaseException as error:  # re-raised in the caller's thread
                 result["error"] = error
                 if streamer is not None:
@@ -271,16 +262,14 @@ class StudyReader:
     def word_maps(self, reading: Reading) -> list[tuple[str, np.ndarray]]:
         """[(word, (h, w) cross-attention map)] of a report's words, averaged over layers and
         heads (as `medvlm explain` draws them); computed once per reading."""
-        from ..explain.attention import cross_attention_maps, word_maps
+        from ..explain.attention import generated_word_maps
 
         if reading.words is None:
-            sequences = reading.sequences.to(reading.pixels.device)
-            inputs = sequences[:, :-1]  # the last token's own row predicts nothing
-            with self.lock, torch.no_grad():
-                maps = cross_attention_maps(self.model, reading.pixels.to(next(self.model.parameters()).dtype),
-                                            inputs, torch.ones_like(inputs))[0]
-            reading.words = [(w, m.float().cpu().numpy())
-                             for w, m in word_maps(self.processor.tokenizer, sequences[0], maps, 1)]
+            first = next(self.model.parameters())
+            with self.lock:
+                maps = generated_word_maps(self.model, self.processor.tokenizer, reading.pixels.to(first.dtype),
+                                           reading.sequences.to(first.device), 1)
+            reading.words = [(w, m.float().cpu().numpy()) for w, m in maps]
         return reading.words
 
     def label_cam(self, reading: Reading, observation: str) -> np.ndarray:
@@ -302,23 +291,19 @@ class StudyReader:
     # ------------------------------------------------------------------ questions and retrieval
 
     def answer(self, image: np.ndarray, question: str, deadline: float | None = None) -> str:
-        from transformers import StoppingCriteriaList
-
         from ..tasks.vqa import ANSWER_TOKENS
 
         question = (question or "").strip()
         if not question:
             raise UploadError("question: expected a question about the image, got an empty text",
                               reason="empty_question")
-        device = next(self.model.parameters()).device
-        pixels = self.processor.images([image]).to(device)
-        prompt = {k: v.to(device) for k, v in self.processor.prompts([question], reserve=ANSWER_TOKENS).items()}
+        pixels = self.pixels(image)
+        prompt = {k: v.to(pixels.device) for k, v in self.processor.prompts([question], reserve=ANSWER_TOKENS).items()}
         start = prompt["input_ids"].shape[1]
-        stopping = StoppingCriteriaList([_Deadline(deadline)]) if deadline else None
         with self.lock, torch.no_grad():
-            sequences = self.model.generate(pixel_values=pixels, **prompt, do_sample=False,
-                                            max_new_tokens=self._max_new_tokens(ANSWER_TOKENS, start),
-                                            stopping_criteria=stopping)
+            sequences = self.generator.generate(pixel_values=pixels, **prompt, do_sample=False,
+                                                max_new_tokens=self._max_new_tokens(ANSWER_TOKENS, start),
+                                                **_time_left(deadline))
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError("the answer was not finished in the time a request may take")
         return self.processor.decode(sequences, skip_prompt=start)[0]

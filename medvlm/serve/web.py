@@ -44,10 +44,10 @@ def overlay(image: np.ndarray, heatmap: np.ndarray | None, alpha: float = 0.45) 
 
 
 def _display(reader: StudyReader, reading) -> np.ndarray:
+    from ..explain.overlay import display_image
+
     transform = reader.processor.image_transform
-    mean = transform.mean[0] if isinstance(transform.mean, (list, tuple)) else transform.mean
-    std = transform.std[0] if isinstance(transform.std, (list, tuple)) else transform.std
-    return (reading.pixels[0, 0].float().cpu().numpy() * std + mean).clip(0, 1)
+    return display_image(reading.pixels[0], transform.mean, transform.std)
 
 
 def _study_inputs(examples: list[Example], positions: int) -> SimpleNamespace:
