@@ -1,14 +1,18 @@
 """The record schema every loader returns, and the bad-input handling they all share.
 
-A record is a plain dict with the keys in `RECORD_KEYS` (VQA records add `VQA_KEYS`):
+A record is one study: a plain dict with the keys in `RECORD_KEYS` (VQA records add `VQA_KEYS`):
 
-    image       str path to the image file, or decoded pixels (np.ndarray) in a prepared cache
+    images      the study's images, frontal first where there is one: a list of
+                {"image": str path or np.ndarray pixels, "view": "PA" / "AP" / "LATERAL" / ...}
+    prior       the same patient's previous study, or None: {"study_id", "images" (as above),
+                "text", "findings", "impression"} (its report is what the comparison is with)
+    image       images[0]["image"], kept for code that reads one image per record
     text        the training target string (report section(s), or the answer for VQA)
     findings    FINDINGS section, "" when absent
     impression  IMPRESSION section, "" when absent
     study_id    str
     subject_id  str (the patient; equal to study_id where a dataset has no patient ids)
-    view        "PA", "AP", "LATERAL", "FRONTAL", ... or "" when unknown
+    view        images[0]["view"]: "PA", "AP", "LATERAL", "FRONTAL", ... or "" when unknown
     split       "train", "validation" or "test"
     labels      14 floats in `CHEXPERT_OBSERVATIONS` order (1 positive, 0 negative,
                 -1 uncertain, NaN not mentioned), or None when the dataset has no labels
@@ -45,7 +49,7 @@ from medvlm.observations import CHEXPERT_OBSERVATIONS
 logger = logging.getLogger("medvlm.data")
 
 RECORD_KEYS = (
-    "image", "text", "findings", "impression", "study_id", "subject_id", "view", "split", "labels",
+    "images", "prior", "image", "text", "findings", "impression", "study_id", "subject_id", "view", "split", "labels",
 )
 VQA_KEYS = ("question", "answer", "answer_type", "qid")
 SPLITS = ("train", "validation", "test")
@@ -182,12 +186,52 @@ class SkipLog:
 # --------------------------------------------------------------------------- schema helpers
 
 
+FRONTAL_VIEWS = ("PA", "AP", "FRONTAL", "AP AXIAL", "PA LLD", "AP LLD", "AP RLD", "PA RLD")
+LATERAL_VIEWS = ("LATERAL", "LL", "RL", "LAO", "RAO", "LPO", "XTABLE LATERAL")
+# the view kinds the model tells apart (index 0 of its view table is "no image in this slot")
+VIEW_KINDS = ("frontal", "lateral", "other")
+
+
+def view_kind(view) -> str:
+    """'PA', 'AP', 'Frontal', ... -> 'frontal'; 'LATERAL', 'LL', ... -> 'lateral'; else 'other'
+    (an unknown or empty view is 'other', never guessed)."""
+    name = str(view or "").strip().upper()
+    if name in FRONTAL_VIEWS:
+        return "frontal"
+    if name in LATERAL_VIEWS:
+        return "lateral"
+    return "other"
+
+
+def make_image(image, view: str = "") -> dict:
+    """One image of a study: {"image": path or pixels, "view": view name}."""
+    return {"image": image, "view": str(view or "")}
+
+
+def make_prior(*, images: Sequence[dict], text: str, study_id, findings: str = "", impression: str = "",
+               **extra) -> dict:
+    """The previous study of a record's patient (its images and its report)."""
+    if not images:
+        raise ValueError("a prior study needs at least one image")
+    return {"study_id": str(study_id), "images": [make_image(i["image"], i.get("view", "")) for i in images],
+            "text": text, "findings": findings, "impression": impression, **extra}
+
+
+def frontal_first(images: Sequence[dict]) -> list[dict]:
+    """The images in a stable order with the frontal ones first (the model's first slot, and the
+    one image of code that reads one)."""
+    order = {kind: i for i, kind in enumerate(VIEW_KINDS)}
+    return sorted(images, key=lambda image: order[view_kind(image.get("view"))])
+
+
 def make_record(
     *,
-    image,
     text: str,
     study_id,
     split: str,
+    image=None,
+    images: Sequence[dict] | None = None,
+    prior: dict | None = None,
     findings: str = "",
     impression: str = "",
     subject_id=None,
@@ -195,21 +239,56 @@ def make_record(
     labels=None,
     **extra,
 ) -> dict:
-    """One record in the common schema (ids become str; subject_id defaults to study_id)."""
+    """One study record in the common schema (ids become str; subject_id defaults to study_id).
+
+    Give `images` (several views) or `image` and `view` (a study of one image); `image` and
+    `view` of the record are then those of the first image, frontal first."""
     study_id = str(study_id)
+    if images is None:
+        if image is None:
+            raise ValueError("make_record needs image or images")
+        images = [make_image(image, view)]
+    elif not images:
+        raise ValueError(f"study {study_id}: images is empty")
+    images = frontal_first([make_image(i["image"], i.get("view", "")) for i in images])
     record = {
-        "image": image,
+        "images": images,
+        "prior": prior,
+        "image": images[0]["image"],
         "text": text,
         "findings": findings,
         "impression": impression,
         "study_id": study_id,
         "subject_id": study_id if subject_id is None else str(subject_id),
-        "view": view,
+        "view": images[0]["view"],
         "split": split,
         "labels": labels,
     }
     record.update(extra)
     return record
+
+
+def study_images(record: dict) -> list[dict]:
+    """The record's images ({"image", "view"} each); a record of the old one-image form gives one."""
+    images = record.get("images")
+    if images:
+        return list(images)
+    return [make_image(record["image"], record.get("view", ""))]
+
+
+def frontal_only(record: dict) -> dict:
+    """The record with its first frontal image alone (the first image when none is frontal) and
+    no prior: the usual single-image protocol."""
+    images = study_images(record)
+    frontal = [i for i in images if view_kind(i["view"]) == "frontal"] or images
+    return {**record, "images": frontal[:1], "prior": None, "image": frontal[0]["image"],
+            "view": frontal[0]["view"]}
+
+
+def one_image_per_record(record: dict) -> list[dict]:
+    """One record per image of the study (the old one-image-per-sample form), no prior."""
+    return [{**record, "images": [i], "prior": None, "image": i["image"], "view": i["view"]}
+            for i in study_images(record)]
 
 
 def canonical_split(value, *, where: str = "") -> str:
