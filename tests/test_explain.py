@@ -159,7 +159,7 @@ def test_cross_attention_maps_are_the_attention_the_model_uses():
     assert torch.allclose(maps.sum(dim=(2, 3)), torch.ones(2, 7), atol=1e-5)
     # the weights reproduce the SDPA output of the first cross-attention block
     cross = model.cross_attention_layers()[0]
-    tokens, _ = model.model.encode_image(pixels)
+    tokens, _, _ = model.model.encode_image(pixels)
     kv = cross.image_keys_values(tokens)
     x = torch.randn(2, 7, tokens.shape[-1])
     weights = cross.attention_weights(x, kv)  # (B, heads, T, N)
@@ -180,7 +180,7 @@ def test_attention_maps_leave_out_the_null_slot(qk_norm):
     assert maps.shape == (2, 7, 2, 2)  # patches only
     assert float(maps.sum(dim=(2, 3)).max()) < 1.0 - 1e-3  # the null slot's share (> 0) is not in the map
     cross = model.cross_attention_layers()[0]
-    tokens, _ = model.model.encode_image(pixels)
+    tokens, _, _ = model.model.encode_image(pixels)
     kv = cross.image_keys_values(tokens)
     x = torch.randn(2, 7, tokens.shape[-1])
     weights = cross.attention_weights(x, kv, with_null=True)  # (B, heads, T, N + 1)

@@ -42,7 +42,7 @@ def cross_attention_maps(model, pixel_values: torch.Tensor, input_ids: torch.Ten
     captured: dict[int, torch.Tensor] = {}
     hooks = [
         cross_attentions[i].register_forward_hook(
-            lambda module, args, output, i=i: captured.__setitem__(i, module.attention_weights(*args)))
+            lambda module, args, output, i=i: captured.__setitem__(i, module.attention_weights(*_cross_args(args))))
         for i in layer_ids
     ]
     was_training = model.training
@@ -57,6 +57,13 @@ def cross_attention_maps(model, pixel_values: torch.Tensor, input_ids: torch.Ten
     head_ids = _as_indices(heads, weights.shape[2], "heads")
     maps = weights[:, :, head_ids].mean(dim=(1, 2))  # (B, T, N)
     return _grid(maps)  # (B, T, h, w)
+
+
+def _cross_args(args: tuple) -> tuple:
+    """A cross-attention call's positional (x, image_kv[, image_mask]) -> the arguments of
+    `attention_weights`: (x, image_kv, with_null=False, image_mask)."""
+    x, image_kv, *rest = args
+    return x, image_kv, False, (rest[0] if rest else None)
 
 
 def _grid(maps: torch.Tensor) -> torch.Tensor:
@@ -84,8 +91,8 @@ def cross_attention_relevance(model, pixel_values: torch.Tensor, input_ids: torc
 
     def explicit_attention(i):
         def hook(module, args, output):  # the same output as SDPA, through weights we can differentiate
-            x, image_kv = args
-            weights = module.attention_weights(x, image_kv, with_null=True)  # (B, heads, T, N [+ null])
+            x, image_kv, _, image_mask = _cross_args(args)
+            weights = module.attention_weights(x, image_kv, True, image_mask)  # (B, heads, T, N [+ null])
             kept[i] = weights
             B, T, D = x.shape
             return module.proj((weights @ image_kv[1]).transpose(1, 2).reshape(B, T, D))

@@ -86,21 +86,35 @@ class CrossAttention(nn.Module):
             kv = torch.stack([F.normalize(kv[0], dim=-1), kv[1]])  # unit keys, once per image
         return kv
 
-    def forward(self, x: torch.Tensor, image_kv: torch.Tensor) -> torch.Tensor:
+    def key_mask(self, image_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, N) True where a patch token is real (False: an empty view slot of a study) ->
+        SDPA's boolean (B, 1, 1, N [+ 1]) mask, the null slot always open; None stays None."""
+        if image_mask is None:
+            return None
+        if self.null_kv is not None:
+            image_mask = torch.cat([image_mask, image_mask.new_ones(image_mask.shape[0], 1)], dim=1)
+        return image_mask[:, None, None, :]
+
+    def forward(self, x: torch.Tensor, image_kv: torch.Tensor, image_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, D = x.shape
         q = self._queries(x)  # (B, heads, T, hd)
         y = F.scaled_dot_product_attention(
-            q, image_kv[0], image_kv[1], dropout_p=self.dropout if self.training else 0.0,
-            scale=self._score_scale(q.shape[-1]),
+            q, image_kv[0], image_kv[1], attn_mask=self.key_mask(image_mask),
+            dropout_p=self.dropout if self.training else 0.0, scale=self._score_scale(q.shape[-1]),
         )  # (B, heads, T, head_dim)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
-    def attention_weights(self, x: torch.Tensor, image_kv: torch.Tensor, with_null: bool = False) -> torch.Tensor:
+    def attention_weights(self, x: torch.Tensor, image_kv: torch.Tensor, with_null: bool = False,
+                          image_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Softmax attention of each text position over image patches: (B, heads, T, N), the
-        null slot's share left out (rows then sum to at most 1) unless `with_null`.
-        Used by explainability only; training and generation go through SDPA."""
+        null slot's share left out (rows then sum to at most 1) unless `with_null`; empty view
+        slots (`image_mask` False) get none. Used by explainability only; training and generation
+        go through SDPA."""
         q = self._queries(x)  # (B, heads, T, hd)
         scores = q @ image_kv[0].transpose(-1, -2) * self._score_scale(q.shape[-1])
+        mask = self.key_mask(image_mask)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
         weights = scores.softmax(dim=-1)  # (B, heads, T, N [+ 1])
         return weights if with_null or self.null_kv is None else weights[..., :-1]
 
@@ -139,7 +153,8 @@ class FusionBlock(GradientCheckpointingLayer):
         image_kv: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
+        image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = x + self.self_attn(self.ln_self(x), attn_mask, cache)
-        x = x + self.cross_attn(self.ln_cross(x), image_kv)
+        x = x + self.cross_attn(self.ln_cross(x), image_kv, image_mask)
         return x + self.mlp(self.ln_mlp(x))

@@ -39,6 +39,10 @@ from .vision import build_vision_tower, init_layer_weights
 
 logger = hf_logging.get_logger(__name__)
 
+# Rows of the view-embedding table: a study's image slots carry one of these ids
+# (medvlm.processing.VIEW_IDS maps view names to them); EMPTY_VIEW marks a padding slot.
+EMPTY_VIEW, NUM_VIEW_IDS = 0, 4  # 0 empty, 1 frontal, 2 lateral, 3 other
+
 
 def soft_capped(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     """Gemma 2's final logit soft-capping, cap * tanh(logits / cap); no cap: the logits."""
@@ -49,7 +53,8 @@ def soft_capped(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
 class MedVLMModelOutput(ModelOutput):
     """
     last_hidden_state: (B, T, D) fusion decoder output, after the final norm.
-    image_embeds: (B, E) L2-normalised image embedding (None when image keys/values were given).
+    image_embeds: (B, E) L2-normalised image embedding, pooled over the current study's views
+        (None when image keys/values were given).
     text_embeds: (B, E) L2-normalised text embedding, pooled at the last real token (None when a
         cache was passed in, i.e. in decoding steps, which see only the newest tokens).
     cache: key/value cache of every decoder layer (text tower layers first, then fusion layers).
@@ -103,7 +108,8 @@ class MedVLMPreTrainedModel(PreTrainedModel):
         cross-attention score scales), other 1-d tensors, the cross-attention null slots and the
         image position embeddings (learnt tokens, not maps) do not."""
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        decays = {n: p.ndim >= 2 and not n.endswith(("null_kv", "image_positions", "log_scale")) for n, p in named}
+        no_decay = ("null_kv", "image_positions", "log_scale", "view_embeddings.weight", "prior_embedding")
+        decays = {n: p.ndim >= 2 and not n.endswith(no_decay) for n, p in named}
         return [
             {"params": [p for n, p in named if decays[n]], "weight_decay": weight_decay},
             {"params": [p for n, p in named if not decays[n]], "weight_decay": 0.0},
@@ -117,6 +123,10 @@ class MedVLMPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, math.log(1.0 / self.config.init_temperature))
             if module.image_positions is not None:
                 init.normal_(module.image_positions, std=self.config.initializer_range)
+            # zero: a checkpoint trained on single images (without these) reads a study's first
+            # image exactly as it read that image alone
+            init.zeros_(module.view_embeddings.weight)
+            init.zeros_(module.prior_embedding)
         elif isinstance(module, CrossAttention):
             if module.null_kv is not None:
                 init.zeros_(module.null_kv)  # a zero key scores 0 against every query at the start
@@ -136,6 +146,10 @@ class MedVLMModel(MedVLMPreTrainedModel):
         if config.fusion_image_positions:
             rows, cols = self.vision.token_grid(v["img_size"])
             self.image_positions = nn.Parameter(torch.zeros(1, rows * cols, width))
+        # added to every token of an image: which view it is (frontal, lateral, ...) and whether
+        # it belongs to the prior study, so cross-attention can tell the images of a study apart
+        self.view_embeddings = nn.Embedding(NUM_VIEW_IDS, width)
+        self.prior_embedding = nn.Parameter(torch.zeros(width))
         self.fusion = nn.ModuleList(
             FusionBlock(width, config.fusion_heads, config.fusion_mlp_ratio, config.dropout,
                         layer_idx=self.text.num_layers + i, null_slot=config.fusion_null_slot,
@@ -164,14 +178,49 @@ class MedVLMModel(MedVLMPreTrainedModel):
     def clamped_logit_scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(0, math.log(self.config.max_logit_scale)).exp()
 
-    def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> fusion-width patch tokens (B, N, D) and the normalised image embedding (B, E)."""
+    def _image_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, S, S) -> fusion-width patch tokens (B, N, D) and the vision tower's pooled (B, Dv)."""
         # pixels arrive in float32 from the processor; weights may be held in bfloat16 (train.dtype)
         tokens, pooled = self.vision(pixel_values.to(self.logit_scale.dtype))  # (B, N, Dv), (B, Dv)
         tokens = self.image_to_fusion(tokens)  # (B, N, D)
         if self.image_positions is not None:
             tokens = tokens + self.image_positions
-        return tokens, F.normalize(self.image_projection(pooled), dim=-1)
+        return tokens, pooled
+
+    def encode_image(self, pixel_values: torch.Tensor, image_views: torch.Tensor | None = None,
+                     image_is_prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One image per row (B, C, S, S), or a study per row (B, K, C, S, S) with `image_views`
+        (B, K) ids (EMPTY_VIEW: a padding slot) and `image_is_prior` (B, K) flags ->
+        fusion-width tokens (B, K * N, D), the normalised image embedding (B, E) pooled over the
+        current study's images, and the key mask (B, K * N) of real tokens (None: all real)."""
+        if pixel_values.dim() == 4:
+            tokens, pooled = self._image_tokens(pixel_values)
+            return tokens, F.normalize(self.image_projection(pooled), dim=-1), None
+        B, K = pixel_values.shape[:2]
+        views = image_views if image_views is not None else pixel_values.new_full((B, K), NUM_VIEW_IDS - 1, dtype=torch.long)
+        present = views != EMPTY_VIEW  # (B, K)
+        tokens, pooled = self._present_image_tokens(pixel_values.flatten(0, 1), present.flatten())
+        tokens = tokens.unflatten(0, (B, K))  # (B, K, N, D)
+        if image_views is not None:
+            tokens = tokens + self.view_embeddings(views)[:, :, None]
+        prior = image_is_prior.bool() if image_is_prior is not None else torch.zeros_like(present)
+        tokens = tokens + (prior[..., None, None] * self.prior_embedding).to(tokens.dtype)
+        current = (present & ~prior).to(pooled.dtype)  # (B, K) weights of the views pooled
+        pooled = (pooled.unflatten(0, (B, K)) * current[..., None]).sum(1) / current.sum(1).clamp(min=1)[:, None]
+        N = tokens.shape[2]
+        mask = None if bool(present.all()) else present[:, :, None].expand(B, K, N).reshape(B, K * N)
+        return tokens.flatten(1, 2), F.normalize(self.image_projection(pooled), dim=-1), mask
+
+    def _present_image_tokens(self, pixels: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vision tower over the real slots only (B*K, C, S, S) -> tokens (B*K, N, D) and pooled
+        (B*K, Dv), zero in empty slots."""
+        if bool(present.all()):
+            return self._image_tokens(pixels)
+        tokens, pooled = self._image_tokens(pixels[present])
+        all_tokens = tokens.new_zeros((pixels.shape[0],) + tokens.shape[1:])
+        all_pooled = pooled.new_zeros((pixels.shape[0],) + pooled.shape[1:])
+        all_tokens[present], all_pooled[present] = tokens, pooled
+        return all_tokens, all_pooled
 
     def image_keys_values(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """Cross-attention keys/values of every fusion layer, computed once per image:
@@ -186,8 +235,9 @@ class MedVLMModel(MedVLMPreTrainedModel):
         pooled = text_states[torch.arange(B, device=text_states.device), last.to(text_states.device)]
         return F.normalize(self.text_projection(pooled), dim=-1)  # (B, E)
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.encode_image(pixel_values)[1]
+    def get_image_features(self, pixel_values: torch.Tensor, image_views: torch.Tensor | None = None,
+                           image_is_prior: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encode_image(pixel_values, image_views, image_is_prior)[1]
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.pool_text(self.text(input_ids, attention_mask), attention_mask)
@@ -200,13 +250,18 @@ class MedVLMModel(MedVLMPreTrainedModel):
         image_kv: torch.Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
+        image_views: torch.Tensor | None = None,
+        image_is_prior: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> MedVLMModelOutput:
+        """image_views, image_is_prior: (B, K) with 5-D pixel_values (see `encode_image`);
+        image_mask: (B, N) real-token mask that goes with a precomputed `image_kv`."""
         image_embeds = None
         if image_kv is None:
             if pixel_values is None:
                 raise ValueError("MedVLM needs pixel_values or precomputed image_kv")
-            image_tokens, image_embeds = self.encode_image(pixel_values)
+            image_tokens, image_embeds, image_mask = self.encode_image(pixel_values, image_views, image_is_prior)
             image_kv = self.image_keys_values(image_tokens)
         text_embeds_wanted = cache is None  # a passed-in cache means a decoding step
         if use_cache and cache is None:
@@ -227,7 +282,7 @@ class MedVLMModel(MedVLMPreTrainedModel):
         text_embeds = self.pool_text(text_states, attention_mask) if text_embeds_wanted else None
         x = text_states
         for i, block in enumerate(self.fusion):
-            x = block(x, image_kv[:, i].transpose(0, 1), mask, cache=cache)
+            x = block(x, image_kv[:, i].transpose(0, 1), mask, cache=cache, image_mask=image_mask)
         return MedVLMModelOutput(
             last_hidden_state=self.ln_final(x), image_embeds=image_embeds, text_embeds=text_embeds, cache=cache
         )
@@ -273,9 +328,12 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
                 "text": ("model.text.model", self.model.text.lora_targets),
                 "fusion": ("model.fusion", FUSION_LORA_TARGETS)}
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixels (B, C, S, S) -> (B, E) L2-normalised image embeddings (the contrastive space)."""
-        return self.model.get_image_features(pixel_values)
+    def get_image_features(self, pixel_values: torch.Tensor, image_views: torch.Tensor | None = None,
+                           image_is_prior: torch.Tensor | None = None) -> torch.Tensor:
+        """pixels (B, C, S, S), or studies (B, K, C, S, S) with their (B, K) view ids and prior
+        flags -> (B, E) L2-normalised image embeddings (the contrastive space), pooled over the
+        current study's views."""
+        return self.model.get_image_features(pixel_values, image_views, image_is_prior)
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """token ids (B, T) and padding mask (B, T) -> (B, E) L2-normalised text embeddings, taken
@@ -341,7 +399,7 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         fusion blocks, the image-to-fusion projection, the final norm and the image positions.
         The logit scale belongs to none."""
         inner = self.model
-        fusion = [inner.fusion, inner.image_to_fusion, inner.ln_final]
+        fusion = [inner.fusion, inner.image_to_fusion, inner.ln_final, inner.view_embeddings, inner.prior_embedding]
         if inner.image_positions is not None:
             fusion.append(inner.image_positions)
         return {
@@ -362,14 +420,19 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         return_logits: bool | None = None,
+        image_views: torch.Tensor | None = None,
+        image_is_prior: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> MedVLMOutput:
         """labels: (B, T) token ids with -100 at pads and prompt tokens; the shift to next-token
         targets happens inside `caption_loss`, nowhere else. With labels the caption loss never
         forms the (B, T, V) logits, and `logits` is None unless `return_logits=True`.
         text_keys: (B,) ids equal for identical report texts (see `contrastive_loss`); defaults to
-        comparing the token ids."""
-        out = self.model(input_ids, pixel_values, attention_mask, image_kv, cache, use_cache)
+        comparing the token ids. Studies: 5-D pixel_values with image_views and image_is_prior,
+        as `MedVLMModel.encode_image` describes."""
+        out = self.model(input_ids, pixel_values, attention_mask, image_kv, cache, use_cache,
+                         image_views=image_views, image_is_prior=image_is_prior, image_mask=image_mask)
         hidden = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
         if return_logits is None:
             return_logits = labels is None
@@ -422,6 +485,8 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
         image_kv: torch.Tensor | None = None,
+        image_views: torch.Tensor | None = None,
+        image_is_prior: torch.Tensor | None = None,
         **generate_kwargs,
     ) -> torch.LongTensor:
         """HF `generate` (greedy, beam, sampling, ...) conditioned on images.
@@ -433,11 +498,15 @@ class MedVLMForConditionalGeneration(MedVLMPreTrainedModel, GenerationMixin):
         prompt + new tokens: a `PreallocatedCache`, or with `cache_implementation="static"` a
         `StaticDecoderCache`, whose fixed shapes let `generate` compile the decode step (on GPU by
         itself; elsewhere with `compile_config=compile_on_any_device()`). Runs under
-        `torch.inference_mode` (less per-op overhead).
+        `torch.inference_mode` (less per-op overhead). A study (5-D pixel_values with
+        `image_views`, `image_is_prior`) is encoded once too; its key mask is repeated like the
+        keys/values.
         """
         if image_kv is None:
-            image_tokens, _ = self.model.encode_image(pixel_values)
+            image_tokens, _, image_mask = self.model.encode_image(pixel_values, image_views, image_is_prior)
             image_kv = self.model.image_keys_values(image_tokens)
+            if image_mask is not None:
+                generate_kwargs["image_mask"] = image_mask
         if input_ids is None:  # reports start from BOS alone: nothing is padding, as the mask says
             input_ids = torch.full((image_kv.shape[0], 1), self.config.bos_token_id, device=image_kv.device)
             attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
