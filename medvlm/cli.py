@@ -182,8 +182,16 @@ def _flatten(tree: dict, prefix: str = "") -> list[str]:
 
 def generate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medvlm generate",
-                                     description="Write a report for each image (PNG, JPEG or DICOM) as JSONL.")
-    parser.add_argument("images", nargs="+")
+                                     description="Write a report for each image (PNG, JPEG or DICOM), or for "
+                                                 "each study (--study, --prior, --studies), as JSONL.")
+    parser.add_argument("images", nargs="*", help="images, one report each; with --study or --prior the views of "
+                                                  "one study, frontal first")
+    parser.add_argument("--study", action="store_true", help="the images are the views of one study: one report")
+    parser.add_argument("--views", nargs="+", help="view of each study image (default: frontal, then lateral)")
+    parser.add_argument("--prior", nargs="+", metavar="PRIOR_IMAGE", help="the prior study's images (implies --study)")
+    parser.add_argument("--prior-views", nargs="+", help="view of each prior image (default: frontal, then lateral)")
+    parser.add_argument("--studies", help="a JSONL file, one study per line: {\"images\": [...], \"views\": [...], "
+                                          "\"prior\": [...], \"prior_views\": [...], \"id\": ...}")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", help="JSONL output file (default: stdout)")
     parser.add_argument("--num-beams", type=positive_int, default=1)
@@ -207,16 +215,60 @@ def generate_main(argv: list[str] | None = None) -> int:
     from .tasks.embeddings import readable_images
     from .tasks.report_generation import generation_settings, reports_for_pixels
 
+    studies = _studies_of(parser, args)
     model, processor, _ = load_trained(_model_dir(args.checkpoint))
     model = for_generation(model, args.weights)
     gen = generation_settings(args.max_new_tokens, args.num_beams, args.no_repeat_ngram_size, args.repetition_penalty,
                               args.do_sample, args.top_k, args.top_p, args.temperature)
     bad = BadItems("generate", args.strict)
+    if studies is not None:
+        return _generate_studies(model, processor, studies, gen, args, bad)
     with JsonlStream(args.out) as out:  # each batch's reports are on disk before the next starts
         for start in range(0, len(args.images), args.batch_size):
             paths, pixels = readable_images(processor, args.images[start:start + args.batch_size], bad)
             for path, report in zip(paths, reports_for_pixels(model, processor, pixels, **gen) if paths else []):
                 out.write({"image": path, "report": report})
+    if args.out:
+        print(f"[medvlm] wrote {out.count} reports to {args.out}")
+    return bad.finish(out.count)
+
+
+def _studies_of(parser, args) -> list[dict] | None:
+    """The studies `generate` was asked for (None: one report per image, as without study options)."""
+    from .data.study_list import command_line_study, read_study_list
+
+    if args.studies:
+        if args.images or args.prior:
+            parser.error("--studies reads the studies from its file: give no images or --prior beside it")
+        return read_study_list(args.studies)
+    if not args.images:
+        parser.error("give images (or --studies FILE)")
+    if args.study or args.prior:
+        return [command_line_study(args.images, args.views, args.prior, args.prior_views)]
+    if args.views or args.prior_views:
+        parser.error("--views and --prior-views describe a study: add --study (or --prior)")
+    return None
+
+
+def _generate_studies(model, processor, studies: list[dict], gen: dict, args, bad) -> int:
+    """One report per study, batch by batch, each on disk before the next batch; a study whose
+    images cannot be read is named and left out."""
+    from .batch import JsonlStream
+    from .processing import stack_images
+    from .tasks.report_generation import reports_for_pixels
+
+    with JsonlStream(args.out) as out:
+        for start in range(0, len(studies), args.batch_size):
+            kept, items = [], []
+            for study in studies[start:start + args.batch_size]:
+                ok, inputs = bad.attempt(f"study {study['id']}", lambda s=study: processor.study(
+                    s["images"], s["views"], s["prior"], s["prior_views"]))
+                if ok:
+                    kept.append(study)
+                    items.append({k: v[0] for k, v in inputs.items()})
+            reports = reports_for_pixels(model, processor, stack_images(items), **gen) if items else []
+            for study, report in zip(kept, reports):
+                out.write({"id": study["id"], "images": study["images"], "prior": study["prior"], "report": report})
     if args.out:
         print(f"[medvlm] wrote {out.count} reports to {args.out}")
     return bad.finish(out.count)
@@ -315,12 +367,30 @@ def explain_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hires", action="store_true", help="HiResCAM: weight each position by its own gradient")
     parser.add_argument("--words", nargs="+", help="only these words' panels (attention)")
     parser.add_argument("--max-words", type=positive_int, default=24)
+    parser.add_argument("--study", action="store_true", help="the images are the views of one study (frontal first): "
+                                                             "attention per word over each view")
+    parser.add_argument("--views", nargs="+", help="view of each study image (default: frontal, then lateral)")
+    parser.add_argument("--prior", nargs="+", metavar="PRIOR_IMAGE", help="the prior study's images (implies --study)")
+    parser.add_argument("--prior-views", nargs="+", help="view of each prior image")
     args = parser.parse_args(argv)
 
-    from .explain.image import explain_image
+    from .explain.image import explain_image, explain_study
     from .runs import load_trained
 
     model, processor, _ = load_trained(_model_dir(args.checkpoint))
+    if args.study or args.prior:
+        from .data.study_list import command_line_study
+        from .explain.targets import is_classifier
+
+        if args.method != "attention" or args.question or is_classifier(model):
+            parser.error("a study (--study, --prior) is explained by the report's cross-attention: use a medvlm "
+                         "report model with --method attention and no --question")
+        study = command_line_study(args.images, args.views, args.prior, args.prior_views)
+        summary = explain_study(model, processor, study["images"], args.out, study["views"], study["prior"],
+                                study["prior_views"], args.layers, args.heads, args.words, args.max_words)
+        print(json.dumps({"images": study["images"], "prior": study["prior"], "files": summary["files"],
+                          "text": summary["text"]}))
+        return 0
     for image in args.images:
         summary = explain_image(model, processor, image, args.out, args.method, args.question, args.target,
                                 args.layers, args.heads, args.layer, args.words, args.max_words, args.negative,

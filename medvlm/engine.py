@@ -126,8 +126,10 @@ class Trainer:
                                 "set it to false")
             model.activation_checkpointing_enable()
         self.processor = processor
+        # a classifier reads one image per record (the frontal first); a VLM reads whole studies
+        self.studies = False if run_config.model.architecture == "chexnet" else None
         self.train_set = RecordDataset(train_records, processor.with_augmentation(run_config.data.augment),
-                                       run_config.data.on_error)
+                                       run_config.data.on_error, studies=self.studies)
         self.loading_skips = skipped_while_loading(train_records)
         if len(self.train_set) == 0:
             raise UserError("no training records: the train split is empty" + (
@@ -251,7 +253,7 @@ class Trainer:
         was_training = model.training
         model.eval()
         subset = self.validation_records[: self.cfg.train.eval_samples]
-        dataset = RecordDataset(subset, self.processor, self.cfg.data.on_error)
+        dataset = RecordDataset(subset, self.processor, self.cfg.data.on_error, studies=self.train_set.studies)
         loader = DataLoader(dataset, batch_size=self.cfg.train.batch_size, collate_fn=self.collate)
         totals, count = {k: 0.0 for k in LOSS_KEYS}, 0
         for batch in loader:

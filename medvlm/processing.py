@@ -16,7 +16,7 @@ from transformers import AutoImageProcessor, AutoProcessor, BatchFeature, Proces
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .data.images import ImageTransform, load_image
-from .data.records import DataError
+from .data.records import VIEW_KINDS, DataError, study_images, view_kind
 from .errors import UserError
 from .modeling import CheXNetConfig, MedVLMConfig
 from .modeling.losses import IGNORE_INDEX
@@ -25,6 +25,32 @@ from .tokenization import load_tokenizer, save_tokenizer
 PROCESSOR_FILE = "processor_config.json"  # transformers' PROCESSOR_NAME
 ANSWER_ROOM = 16  # tokens a VQA prompt leaves free for the answer (tasks.vqa.ANSWER_TOKENS)
 log = logging.getLogger(__name__)
+
+
+def view_id(view) -> int:
+    """A view name -> its row of the model's view-embedding table: 1 frontal, 2 lateral, 3 other
+    (0 is an empty slot: `modeling_medvlm.EMPTY_VIEW`)."""
+    return 1 + VIEW_KINDS.index(view_kind(view))
+
+
+def default_views(count: int) -> list[str]:
+    """View names for a study's images given without them: the first frontal, the rest lateral."""
+    return ["FRONTAL"] + ["LATERAL"] * (count - 1) if count else []
+
+
+def study_slots(record: dict, max_current: int, max_prior: int) -> list[tuple[object, str, bool]]:
+    """[(image, view, is_prior)] of a record: its first `max_current` images (frontal first),
+    then its prior study's first `max_prior`."""
+    slots = [(i["image"], i["view"], False) for i in study_images(record)[:max_current]]
+    prior = record.get("prior")
+    if prior and max_prior:
+        slots += [(i["image"], i.get("view", ""), True) for i in prior["images"][:max_prior]]
+    return slots
+
+
+def is_study_set(records) -> bool:
+    """Whether any record has more than one image or a prior: such a set is read as studies."""
+    return any(len(record.get("images") or ()) > 1 or record.get("prior") for record in records)
 
 
 def text_key(text: str) -> int:
@@ -124,6 +150,21 @@ class MedVLMProcessor(ProcessorMixin):
         """Paths or (H, W) arrays -> (B, C, S, S) normalised pixels."""
         return self.image_processor.preprocess(list(images))["pixel_values"]
 
+    def study(self, images, views=(), prior_images=(), prior_views=()) -> dict[str, torch.Tensor]:
+        """One study's images (paths or arrays; frontal first) with their view names, and its
+        prior's -> the model's image inputs for a batch of one: pixel_values (1, K, C, S, S),
+        image_views (1, K), image_is_prior (1, K)."""
+        images, prior_images = list(images), list(prior_images)
+        views = list(views) or default_views(len(images))
+        prior_views = list(prior_views) or default_views(len(prior_images))
+        if len(views) != len(images) or len(prior_views) != len(prior_images):
+            raise UserError(f"{len(images)} images and {len(prior_images)} prior images need as many views, got "
+                            f"{len(views)} and {len(prior_views)}")
+        pixels = self.images(images + prior_images)  # (K, C, S, S)
+        return {"pixel_values": pixels[None],
+                "image_views": torch.tensor([[view_id(v) for v in views + prior_views]]),
+                "image_is_prior": torch.tensor([[False] * len(images) + [True] * len(prior_images)])}
+
     def texts(self, texts: list[str], prompts: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Tokenise training targets, each cut to `max_length` tokens (one warning per call counts
         those cut). With `prompts` (VQA questions) each item is `<s> prompt <sep> text </s>`, the
@@ -214,6 +255,11 @@ AutoImageProcessor.register(CheXNetConfig, image_processor_classes={"torchvision
 class RecordDataset(Dataset):
     """Records (see medvlm.data) -> dicts of pixels and text, ready for `collate`.
 
+    A set where any record has several images or a prior (`is_study_set`; or `studies=True`) is
+    read as studies: an item then holds every image of its study (up to `max_current`) and of
+    its prior (up to `max_prior`) as pixel_values (K, C, S, S), with image_views (K,) and
+    image_is_prior (K,); otherwise one image per item (pixel_values (C, S, S)), as before.
+
     A file that fails to decode during training is skipped when `on_error="skip"`, so one bad
     image never ends a run; with "raise" it stops with the file's name. Each skipped record is
     warned about once and counted once, by reason, however many epochs meet it: its reason's
@@ -226,8 +272,11 @@ class RecordDataset(Dataset):
     REASONS = ("missing_file", "empty_file", "unreadable_file", "corrupt_image", "too_many_pixels",
                "multi_frame", "no_pixel_data", "bad_array", "other")  # codes 1..9; 0 = not skipped
 
-    def __init__(self, records, processor: MedVLMProcessor, on_error: str = "raise"):
+    def __init__(self, records, processor: MedVLMProcessor, on_error: str = "raise", studies: bool | None = None,
+                 max_current: int = 3, max_prior: int = 2):
         self.records = records
+        self.studies = is_study_set(records) if studies is None else studies
+        self.max_current, self.max_prior = max_current, max_prior
         self.processor = processor
         self.on_error = on_error
         self.bad = torch.zeros(len(records), dtype=torch.uint8)  # (N,) reason code per record
@@ -255,7 +304,7 @@ class RecordDataset(Dataset):
     def __getitem__(self, index: int) -> dict | None:
         record = self.records[index]
         try:
-            pixels = self.processor.image_transform(load_image(record["image"]))
+            images = self._pixels(record)
         except DataError as error:
             if self.on_error != "skip":
                 raise
@@ -264,16 +313,44 @@ class RecordDataset(Dataset):
             reason = error.reason if error.reason in self.REASONS else "other"
             self.bad[index] = self.REASONS.index(reason) + 1
             return None
-        item = {"pixel_values": pixels, "text": record.get("text", "")}
+        item = {**images, "text": record.get("text", "")}
         if record.get("question"):
             item["question"] = record["question"]
         if record.get("labels") is not None:
             item["labels"] = torch.tensor(record["labels"], dtype=torch.float32)  # (14,), NaN = not mentioned
         return item
 
+    def _pixels(self, record: dict) -> dict[str, torch.Tensor]:
+        """The record's image inputs: {"pixel_values": (C, S, S)}, or for a study (K, C, S, S)
+        with image_views and image_is_prior (K,)."""
+        transform = self.processor.image_transform
+        if not self.studies:
+            return {"pixel_values": transform(load_image(record["image"]))}
+        slots = study_slots(record, self.max_current, self.max_prior)
+        return {"pixel_values": torch.stack([transform(load_image(image)) for image, _, _ in slots]),
+                "image_views": torch.tensor([view_id(view) for _, view, _ in slots]),
+                "image_is_prior": torch.tensor([prior for _, _, prior in slots])}
+
+
+def stack_images(items: list[dict]) -> dict[str, torch.Tensor]:
+    """The image inputs of RecordDataset items as a batch: pixel_values (B, C, S, S), or for
+    studies (B, K, C, S, S) padded to the largest study with empty slots (view id 0), and
+    image_views, image_is_prior (B, K)."""
+    if "image_views" not in items[0]:
+        return {"pixel_values": torch.stack([item["pixel_values"] for item in items])}
+    K = max(len(item["image_views"]) for item in items)
+    first = items[0]["pixel_values"]
+    pixels = first.new_zeros((len(items), K) + first.shape[1:])
+    views = torch.zeros(len(items), K, dtype=torch.long)
+    prior = torch.zeros(len(items), K, dtype=torch.bool)
+    for row, item in enumerate(items):
+        k = len(item["image_views"])
+        pixels[row, :k], views[row, :k], prior[row, :k] = item["pixel_values"], item["image_views"], item["image_is_prior"]
+    return {"pixel_values": pixels, "image_views": views, "image_is_prior": prior}
+
 
 class Collator:
-    """Batch items of RecordDataset: stack pixels, tokenise texts (and VQA prompts)."""
+    """Batch items of RecordDataset: stack pixels (or pad studies), tokenise texts (and VQA prompts)."""
 
     def __init__(self, processor: MedVLMProcessor):
         self.processor = processor
@@ -285,6 +362,6 @@ class Collator:
         texts = [item["text"] for item in items]
         prompts = [item["question"] for item in items] if "question" in items[0] else None
         batch = self.processor.texts(texts, prompts)
-        batch["pixel_values"] = torch.stack([item["pixel_values"] for item in items])
+        batch.update(stack_images(items))
         batch["text_keys"] = torch.tensor([text_key(t) for t in texts])
         return batch

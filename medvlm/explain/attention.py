@@ -29,9 +29,13 @@ def _as_indices(chosen, count: int, what: str) -> list[int]:
 
 @torch.no_grad()
 def cross_attention_maps(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                         attention_mask: torch.Tensor | None = None, layers=None, heads=None) -> torch.Tensor:
+                         attention_mask: torch.Tensor | None = None, layers=None, heads=None,
+                         image_views: torch.Tensor | None = None,
+                         image_is_prior: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T, h, w): softmax attention of every text position over the image patches, averaged
     over the chosen fusion `layers` and `heads` (indices; default all, negative counts from the end).
+    For studies (pixel_values (B, K, C, S, S) with image_views, image_is_prior): (B, T, K, h, w),
+    one map per image slot, summing to at most 1 over all of them (empty slots get 0).
 
     One teacher-forced forward pass of a MedVLMForConditionalGeneration; hooks on each fusion
     block's cross-attention recompute its weights (`CrossAttention.attention_weights`), so the
@@ -48,14 +52,17 @@ def cross_attention_maps(model, pixel_values: torch.Tensor, input_ids: torch.Ten
     was_training = model.training
     model.eval()
     try:
-        model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+        model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+              image_views=image_views, image_is_prior=image_is_prior)
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
     weights = torch.stack([captured[i] for i in layer_ids], dim=1)  # (B, layers, heads, T, N)
     head_ids = _as_indices(heads, weights.shape[2], "heads")
-    maps = weights[:, :, head_ids].mean(dim=(1, 2))  # (B, T, N)
+    maps = weights[:, :, head_ids].mean(dim=(1, 2))  # (B, T, N), or (B, T, K * N) for studies
+    if pixel_values.dim() == 5:
+        return _grid(maps.unflatten(-1, (pixel_values.shape[1], -1)))  # (B, T, K, h, w)
     return _grid(maps)  # (B, T, h, w)
 
 

@@ -8,6 +8,9 @@
   (the zero-shot score) (`<stem>_gradcam.png`).
 - CheXNet (Grad-CAM only): one panel per target label (default the most probable label)
   (`<stem>_gradcam_<label>.png`).
+- A study (`explain_study`: several views, optionally the prior study's images): one panel
+  grid per image, each word's map over that image with the share of the word's attention that
+  went to it (`<stem>_attention_<slot>_<view>.png`).
 A `<stem>_explain.json` lists the text, words or label probabilities and the files written.
 """
 
@@ -20,7 +23,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .attention import explain_generation
+from ..processing import default_views
+from .attention import cross_attention_maps, explain_generation, word_maps
 from .overlay import display_image, save_overlay, save_word_overlays
 from .targets import classifier_cams, default_layer, is_classifier, similarity_cams
 
@@ -117,3 +121,41 @@ def _similarity(model, processor, image, out_dir, stem, question, target, negati
     path = save_overlay(display_image(pixels[0].cpu(), mean, std), cam.cpu().numpy(), out_dir / f"{stem}_gradcam.png",
                         title=_wrap(f"Grad-CAM of {label}", 50))
     return {"text": text, "negative": negative, "layer": layer or default_layer(model), "files": [str(path)]}
+
+
+@torch.no_grad()
+def explain_study(model, processor, images: list, out_dir, views=(), prior_images=(), prior_views=(),
+                  layers=None, heads=None, words: list[str] | None = None, max_words: int = 24,
+                  max_new_tokens: int = 96) -> dict:
+    """Generate a report for one study and write, per image (current views, then the prior's),
+    each word's raw cross-attention over that image; the JSON summary gives every word's share
+    of attention per image (what it read where)."""
+    out_dir = Path(out_dir)
+    stem = _stem(images[0])
+    device = next(model.parameters()).device
+    study = {k: v.to(device) for k, v in processor.study(images, views, prior_images, prior_views).items()}
+    sequences = model.generate(**study, do_sample=False, max_new_tokens=max_new_tokens)
+    text = processor.decode(sequences)[0]
+    inputs = sequences[:, :-1]  # the last token's row predicts nothing
+    maps = cross_attention_maps(model, study["pixel_values"], inputs, torch.ones_like(inputs), layers, heads,
+                                study["image_views"], study["image_is_prior"])[0]  # (T, K, h, w)
+    chosen = word_maps(processor.tokenizer, sequences[0], maps)
+    if words:
+        wanted = {w.lower() for w in words}
+        chosen = [(w, m) for w, m in chosen if re.sub(r"[^\w-]", "", w.lower()) in wanted]
+    chosen = chosen[:max_words]  # [(word, (K, h, w))]
+    names = [v or "view" for v in (list(views) or default_views(len(images)))]
+    names += [f"prior {v or 'view'}" for v in (list(prior_views) or default_views(len(prior_images)))]
+    mean, std = processor.image_transform.mean, processor.image_transform.std
+    shares = [[round(float(m[k].sum()), 4) for k in range(len(names))] for _, m in chosen]  # per word, per image
+    files = []
+    for k, name in enumerate(names):
+        panels = [(f"{w} ({100 * share[k]:.0f}%)", m[k].cpu().numpy()) for (w, m), share in zip(chosen, shares)]
+        path = out_dir / f"{stem}_attention_{k}_{_slug(name)}.png"
+        files.append(str(save_word_overlays(display_image(study["pixel_values"][0, k].cpu(), mean, std), panels, path,
+                                            title=_wrap(f"{name}: {text}"))))
+    summary = {"text": text, "images": [str(i) for i in images], "prior_images": [str(i) for i in prior_images],
+               "slots": names, "words": [w for w, _ in chosen],
+               "attention_share": [dict(zip(names, share)) for share in shares], "files": files}
+    (out_dir / f"{stem}_explain.json").write_text(json.dumps(summary, indent=1))
+    return summary

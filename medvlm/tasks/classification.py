@@ -69,7 +69,7 @@ class LabelCollator:
 def predict_probabilities(model, processor, records, batch_size: int = 64) -> np.ndarray:
     """(N, L) sigmoid probabilities."""
     device = next(model.parameters()).device
-    loader = DataLoader(RecordDataset(records, processor), batch_size=batch_size,
+    loader = DataLoader(RecordDataset(records, processor, studies=False), batch_size=batch_size,
                         collate_fn=lambda items: torch.stack([i["pixel_values"] for i in items]))
     was_training = model.training
     model.eval()

@@ -10,14 +10,21 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..batch import BadItems
-from ..processing import MedVLMProcessor, RecordDataset
+from ..processing import MedVLMProcessor, RecordDataset, stack_images, study_slots
 
 
 def image_batches(records, processor: MedVLMProcessor, batch_size: int):
-    """(B, C, H, W) pixel batches of the records' images, in order, as the processor prepares them."""
-    loader = DataLoader(RecordDataset(records, processor), batch_size=batch_size,
-                        collate_fn=lambda items: torch.stack([i["pixel_values"] for i in items]))
-    yield from loader
+    """The model's image inputs for the records, in order, in batches, as the processor prepares
+    them: {"pixel_values": (B, C, S, S)}, or for studies (B, K, C, S, S) with image_views and
+    image_is_prior (see `RecordDataset`)."""
+    yield from DataLoader(RecordDataset(records, processor), batch_size=batch_size, collate_fn=stack_images)
+
+
+def on_device(images: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    """Image inputs moved to the model's device, pixels in its dtype (bf16 weights take bf16 pixels)."""
+    first = next(model.parameters())
+    return {k: v.to(first.device, first.dtype) if k == "pixel_values" else v.to(first.device)
+            for k, v in images.items()}
 
 
 def readable_images(processor: MedVLMProcessor, images: list, bad: BadItems) -> tuple[list, torch.Tensor | None]:
@@ -33,13 +40,12 @@ def readable_images(processor: MedVLMProcessor, images: list, bad: BadItems) -> 
 
 
 def readable_records(processor: MedVLMProcessor, records: list[dict], bad: BadItems) -> list[dict]:
-    """The records whose image can be read and transformed; the others are named in `bad`.
-    Records holding arrays (the built-in data) need no check."""
+    """The records whose images (every view, and the prior's) can be read and transformed; the
+    others are named in `bad`. Images held as arrays (the built-in data) need no check."""
     def readable(record: dict) -> bool:
-        image = record.get("image")
-        if not isinstance(image, (str, Path)):
-            return True
-        return bad.attempt(f"{image} (study {record.get('study_id')})", lambda: processor.images([image]))[0]
+        paths = [image for image, _, _ in study_slots(record, 10**6, 10**6) if isinstance(image, (str, Path))]
+        return all(bad.attempt(f"{image} (study {record.get('study_id')})", lambda image=image: processor.images([image]))[0]
+                   for image in paths)
 
     return [record for record in records if readable(record)]
 
@@ -47,8 +53,8 @@ def readable_records(processor: MedVLMProcessor, records: list[dict], bad: BadIt
 @torch.no_grad()
 def image_embeddings(model, processor: MedVLMProcessor, records, batch_size: int = 64) -> np.ndarray:
     """(N, E) L2-normalised image embeddings."""
-    device = next(model.parameters()).device
-    parts = [model.get_image_features(p.to(device)).float().cpu() for p in image_batches(records, processor, batch_size)]
+    parts = [model.get_image_features(**on_device(images, model)).float().cpu()
+             for images in image_batches(records, processor, batch_size)]
     return torch.cat(parts).numpy()
 
 
