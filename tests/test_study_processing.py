@@ -65,3 +65,19 @@ def test_reports_are_generated_per_study(tokenizer):
     assert study["pixel_values"].shape == (1, 3, 1, 32, 32)
     assert study["image_views"].tolist() == [[1, 2, 1]] and study["image_is_prior"].tolist() == [[False, False, True]]
     assert model.generate(**study, max_new_tokens=3).shape[0] == 1
+
+
+def test_shuffled_priors_come_from_other_patients_and_each_is_used_once():
+    from medvlm.tasks.report_generation import with_shuffled_priors
+
+    records = []
+    for i in range(6):
+        prior = make_prior(images=[{"image": _image(i), "view": "PA"}], text=f"prior {i}", study_id=f"p{i}") if i != 2 else None
+        records.append(make_record(text=f"r{i}", study_id=f"s{i}", subject_id=f"patient{i}", split="test",
+                                   image=_image(i), view="PA", prior=prior))
+    shuffled = with_shuffled_priors(records, seed=1)
+    assert shuffled[2]["prior"] is None
+    moved = [r["prior"]["text"] for r in shuffled if r["prior"]]
+    assert sorted(moved) == sorted(r["prior"]["text"] for r in records if r["prior"])
+    assert all(s["prior"]["text"] != r["prior"]["text"] for s, r in zip(shuffled, records) if r["prior"])
+    assert [r["text"] for r in shuffled] == [r["text"] for r in records]

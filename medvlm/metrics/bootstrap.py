@@ -17,6 +17,8 @@ Fast because every metric is reduced to per-item quantities computed once:
   and aligns every item once, which is slow): per-item METEOR statistics are aligned once, and
   each resample's corpus METEOR is METEOR's own aggregation of the resampled statistics. Exact.
 - Clinical efficacy: per-item tp/fp/fn indicators per observation, summed per resample.
+- Change accuracy: per-item counts of the reference's interval changes per kind and of those the
+  hypothesis matched (`change_counts`, from change labels computed once), summed per resample.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import numpy as np
 from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
 
 from ..errors import UserError
-from .chexpert import efficacy_from_counts, label_counts, label_reports
+from .chexpert import (change_accuracy_from_counts, change_counts, change_labels, efficacy_from_counts, label_counts,
+                       label_reports)
 from .nlg import (MeteorProcess, _as_coco, cider_per_item, meteor_available, rouge_l_per_item)
 
 logger = logging.getLogger(__name__)
@@ -98,17 +101,31 @@ def _meteor_resamples(gts: dict, res: dict, weights: np.ndarray) -> np.ndarray |
         return None
 
 
+def _change_intervals(references, hypotheses, ref_changes, gen_changes, weights: np.ndarray, alpha: float) -> dict:
+    """Intervals of the change-accuracy scores (`change_count` excluded: a count, not a score)."""
+    ref_changes = [change_labels(t) for t in references] if ref_changes is None else ref_changes
+    gen_changes = [change_labels(t) for t in hypotheses] if gen_changes is None else gen_changes
+    counts = change_counts(ref_changes, gen_changes)  # (N, 5, 2)
+    resampled = np.tensordot(weights, counts.astype(np.float64), axes=(1, 0))  # (R, 5, 2)
+    per_resample = [change_accuracy_from_counts(c) for c in resampled]
+    return {key: _interval([m[key] for m in per_resample], alpha)
+            for key in per_resample[0] if key != "change_count"}
+
+
 def bootstrap_intervals(references: list[str], hypotheses: list[str], ref_labels=None, gen_labels=None,
                         n_resamples: int = 200, seed: int = 0, alpha: float = 0.05,
-                        include_meteor: bool = False, uncertain: str = "negative") -> dict:
+                        include_meteor: bool = False, uncertain: str = "negative", ref_changes=None,
+                        gen_changes=None) -> dict:
     """Percentile-bootstrap confidence intervals, keyed like the point metrics.
 
     Returns ``{"bleu_1": [low, high], ..., "bleu_4", "rouge_l", "cider", "meteor" (only with
     include_meteor=True and Java present), "ce_precision", "ce_recall", "ce_micro_f1",
-    "ce_macro_*", "ce_f1.<Observation>", ...}`` plus ``"ci.seed"``, ``"ci.n_resamples"`` and
-    ``"ci.alpha"``. A metric that cannot be computed (CIDEr with every reference empty) has no
-    entry. ``ref_labels``/``gen_labels`` are (N, 14) arrays from ``label_reports``; when omitted
-    the reports are labelled here. ``uncertain`` is passed to the clinical-efficacy scoring.
+    "ce_macro_*", "ce_f1.<Observation>", ..., "change_accuracy", "change_accuracy.<kind>"}`` plus
+    ``"ci.seed"``, ``"ci.n_resamples"`` and ``"ci.alpha"``. A metric that cannot be computed
+    (CIDEr with every reference empty, a change kind no reference states) has no entry.
+    ``ref_labels``/``gen_labels`` are (N, 14) arrays from ``label_reports``, ``ref_changes``/
+    ``gen_changes`` lists of ``change_labels`` dicts; when omitted they are computed here.
+    ``uncertain`` is passed to the clinical-efficacy scoring.
     The method and its one approximation (CIDEr's document frequencies) are described in the
     module docstring.
     """
@@ -138,6 +155,7 @@ def bootstrap_intervals(references: list[str], hypotheses: list[str], ref_labels
     per_resample = [efficacy_from_counts(c) for c in resampled]
     for key in per_resample[0]:
         intervals[key] = _interval([m[key] for m in per_resample], alpha)
+    intervals.update(_change_intervals(references, hypotheses, ref_changes, gen_changes, weights, alpha))
 
     intervals = {k: v for k, v in intervals.items() if v is not None}
     intervals.update({"ci.seed": int(seed), "ci.n_resamples": int(n_resamples), "ci.alpha": float(alpha)})

@@ -13,13 +13,13 @@ import torch
 
 from ..config import EvalConfig
 from ..metrics.bootstrap import bootstrap_intervals
-from ..metrics.chexpert import clinical_efficacy, label_generated_reports, label_reports
+from ..metrics.chexpert import change_accuracy, clinical_efficacy, label_generated_reports, label_reports
 from ..metrics.nlg import compute_nlg
 from ..modeling import compile_on_any_device
 from ..modeling.inference_weights import for_generation
 from ..processing import MedVLMProcessor
 from ..results import TaskResult
-from .embeddings import image_batches, image_embeddings
+from .embeddings import image_batches, image_embeddings, on_device
 
 
 def generation_settings(max_new_tokens: int = 96, num_beams: int = 1, no_repeat_ngram_size: int = 0,
@@ -44,16 +44,17 @@ def generation_kwargs(cfg: EvalConfig) -> dict:
 
 
 @torch.no_grad()
-def reports_for_pixels(model, processor: MedVLMProcessor, pixels: torch.Tensor, **gen_kwargs) -> list[str]:
-    """One report per image of a (B, C, S, S) batch."""
-    first = next(model.parameters())  # bf16 weights take bf16 pixels
-    sequences = model.generate(pixel_values=pixels.to(first.device, first.dtype), **gen_kwargs)
+def reports_for_pixels(model, processor: MedVLMProcessor, images: torch.Tensor | dict, **gen_kwargs) -> list[str]:
+    """One report per row of a batch: pixels (B, C, S, S), or image inputs of `image_batches`
+    (studies: pixel_values (B, K, C, S, S), image_views, image_is_prior)."""
+    images = images if isinstance(images, dict) else {"pixel_values": images}
+    sequences = model.generate(**on_device(images, model), **gen_kwargs)
     return processor.decode(sequences)
 
 
 def generate_reports(model, processor: MedVLMProcessor, records, batch_size: int = 32, **gen_kwargs) -> list[str]:
-    return [report for pixels in image_batches(records, processor, batch_size)
-            for report in reports_for_pixels(model, processor, pixels, **gen_kwargs)]
+    return [report for images in image_batches(records, processor, batch_size)
+            for report in reports_for_pixels(model, processor, images, **gen_kwargs)]
 
 
 def baseline_reports(train_records, test_records, seed: int = 0, nearest_neighbour=None) -> dict[str, list[str]]:
@@ -75,10 +76,12 @@ def baseline_reports(train_records, test_records, seed: int = 0, nearest_neighbo
 def score_reports(references: list[str], hypotheses: list[str], uncertain: str = "negative",
                   with_meteor: bool = True) -> dict:
     """NLG metrics plus clinical efficacy from our labeler applied to both sides (an empty
-    hypothesis predicts nothing: `label_generated_reports`), and how many hypotheses were empty."""
+    hypothesis predicts nothing: `label_generated_reports`), change accuracy (`change_accuracy`:
+    the reference's interval changes the hypothesis states too), and how many hypotheses were empty."""
     metrics = compute_nlg(references, hypotheses, include_meteor=with_meteor)
     metrics.update(clinical_efficacy(label_reports(references), label_generated_reports(hypotheses),
                                      uncertain=uncertain))
+    metrics.update(change_accuracy(references, hypotheses))
     metrics["num_empty_reports"] = sum(not text.strip() for text in hypotheses)
     return metrics
 
@@ -109,9 +112,38 @@ def evaluate_report_generation(model, processor, test_records, train_records, cf
                                                    cfg)
         metrics.update({f"baselines.{name}.{k}": v for k, v in scores.items()})
         metrics.update({f"baselines.{name}.ci.{k}": v for k, v in intervals.items() if not k.startswith("ci.")})
+    metrics.update(_shuffled_prior_ablation(generator, processor, test_records, references, ref_labels, cfg))
     metrics["num_samples"] = len(test_records)
     return TaskResult(metrics, {"generations.jsonl": _generations_jsonl(test_records, references, generated,
                                                                         ref_labels, gen_labels)})
+
+
+def with_shuffled_priors(records: list[dict], seed: int = 0) -> list[dict]:
+    """The records with each prior study replaced by the prior of another patient's record (a
+    random cycle over the records that have one, so every prior is used once); records without a
+    prior keep none. What a model that reads the prior must do worse on."""
+    having = [i for i, r in enumerate(records) if r.get("prior")]
+    random.Random(seed).shuffle(having)
+    shuffled = list(records)
+    for position, index in enumerate(having):
+        for step in range(1, len(having)):  # the next record in the cycle of another patient
+            donor = records[having[(position + step) % len(having)]]
+            if donor.get("subject_id") != records[index].get("subject_id"):
+                shuffled[index] = {**records[index], "prior": donor["prior"]}
+                break
+    return shuffled
+
+
+def _shuffled_prior_ablation(model, processor, test_records, references, ref_labels, cfg: EvalConfig) -> dict:
+    """`baselines.shuffled_prior.*`: the same model, each prior swapped for another patient's
+    (nothing when no test record has a prior, or fewer than two do)."""
+    if sum(bool(r.get("prior")) for r in test_records) < 2:
+        return {}
+    shuffled = with_shuffled_priors(test_records, cfg.seed)
+    reports = generate_reports(model, processor, shuffled, cfg.batch_size, **generation_kwargs(cfg))
+    scores, intervals = _scored_with_intervals(references, reports, ref_labels, label_generated_reports(reports), cfg)
+    return {**{f"baselines.shuffled_prior.{k}": v for k, v in scores.items()},
+            **{f"baselines.shuffled_prior.ci.{k}": v for k, v in intervals.items() if not k.startswith("ci.")}}
 
 
 def _generations_jsonl(records, references, generated, ref_labels, gen_labels) -> str:
