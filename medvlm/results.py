@@ -23,13 +23,16 @@ import numpy as np
 from .atomic_files import atomic_write_text, atomic_write_with
 
 HEADLINE = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider",
-            "ce_precision", "ce_recall", "ce_micro_f1", "ce_macro_precision", "ce_macro_recall", "ce_macro_f1")
+            "ce_precision", "ce_recall", "ce_micro_f1", "ce_macro_precision", "ce_macro_recall", "ce_macro_f1",
+            "change_accuracy")
 LABELS = {"bleu_1": "BLEU-1", "bleu_2": "BLEU-2", "bleu_3": "BLEU-3", "bleu_4": "BLEU-4", "meteor": "METEOR",
           "rouge_l": "ROUGE-L", "cider": "CIDEr-D", "ce_precision": "CE precision (micro)",
           "ce_recall": "CE recall (micro)", "ce_micro_f1": "CE F1 (micro)",
           "ce_macro_precision": "CE precision (macro)",
-          "ce_macro_recall": "CE recall (macro)", "ce_macro_f1": "CE F1 (macro)"}
+          "ce_macro_recall": "CE recall (macro)", "ce_macro_f1": "CE F1 (macro)",
+          "change_accuracy": "change accuracy (vs the prior)"}
 VERDICT_METRICS = ("bleu_4", "ce_micro_f1")  # report models; other tasks: their own headline metrics
+STUDY_VERDICT_METRICS = ("change_accuracy",)  # also compared where the references state changes
 TASK_VERDICT_METRICS = ("vqa_overall_acc", "vqa_closed_acc", "vqa_open_acc", "auroc_mean")
 
 
@@ -95,6 +98,7 @@ def verdicts(model: dict, intervals: dict, baselines: dict) -> list[str]:
     lines = []
     compared = ([m for m in VERDICT_METRICS if m in model] or [m for m in TASK_VERDICT_METRICS if m in model]
                 or VERDICT_METRICS)  # none present: say so per report metric
+    compared += [m for m in STUDY_VERDICT_METRICS if _number(model.get(m)) is not None]
     for name, base in baselines.items():
         parts = []
         for metric in compared:
