@@ -1,6 +1,7 @@
 """The Arrow cache: round trip, metadata checks, resumption, workers, DataLoader use."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from PIL import Image
 
 from medvlm.data.images import load_image, resize_keep_aspect
 from medvlm.data.prepare import CACHE_INFO, load_cache, prepare_cache
-from medvlm.data.records import DataError, make_record
+from medvlm.data.records import DataError, make_prior, make_record
 
 
 def make_records(root, n=7, size=(40, 30)):
@@ -136,3 +137,76 @@ def test_cache_through_dataloader_workers(tmp_path):
     batches = list(loader)
     assert batches[0][0].shape == (4, 1, 16, 16)
     assert [s for _, ids in batches for s in ids] == [f"s{i}" for i in range(6)]
+
+
+def study_record(root, name, *, prior=True):
+    """A two-view study (PA 40x30, LATERAL 30x40) with a two-view prior study."""
+    rng = np.random.default_rng(len(name))
+    paths = {}
+    for part, size in (("pa", (30, 40)), ("lat", (40, 30)), ("prior_ap", (20, 20)), ("prior_lat", (24, 16))):
+        paths[part] = root / f"{name}_{part}.png"
+        Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(paths[part])
+    earlier = make_prior(images=[{"image": str(paths["prior_ap"]), "view": "AP"},
+                                 {"image": str(paths["prior_lat"]), "view": "LATERAL"}],
+                         text="Old report.", study_id=f"{name}-0", findings="Old report.", impression="Old.")
+    views = [{"image": str(paths["lat"]), "view": "LATERAL"}, {"image": str(paths["pa"]), "view": "PA"}]
+    return make_record(images=views,
+                       prior=earlier if prior else None, text=f"Report {name}.", study_id=name, split="train")
+
+
+def test_studies_and_priors_round_trip(tmp_path):
+    (tmp_path / "img").mkdir()
+    records = [study_record(tmp_path / "img", "a"), study_record(tmp_path / "img", "bb", prior=False)]
+    summary = prepare_cache(records, tmp_path / "c", 16, progress=False)
+    assert summary.num_records == 2
+    cache = load_cache(tmp_path / "c")
+    for record, cached in zip(records, cache):
+        assert [i["view"] for i in cached["images"]] == [i["view"] for i in record["images"]] == ["PA", "LATERAL"]
+        for source, image in zip(record["images"], cached["images"]):
+            np.testing.assert_array_equal(image["image"], resize_keep_aspect(load_image(source["image"]), 16, "pad"))
+        np.testing.assert_array_equal(cached["image"], cached["images"][0]["image"])
+        assert cached["view"] == "PA" and cached["image_paths"] == [i["image"] for i in record["images"]]
+    prior = cache[0]["prior"]
+    assert {k: prior[k] for k in ("study_id", "text", "findings", "impression")} == {
+        "study_id": "a-0", "text": "Old report.", "findings": "Old report.", "impression": "Old."}
+    assert [i["view"] for i in prior["images"]] == ["AP", "LATERAL"]
+    for source, image in zip(records[0]["prior"]["images"], prior["images"]):
+        np.testing.assert_array_equal(image["image"], resize_keep_aspect(load_image(source["image"]), 16, "pad"))
+    assert cache[1]["prior"] is None
+    assert prepare_cache(records, tmp_path / "c", 16, progress=False).built_shards == 0  # same studies: reused
+    changed = [records[0], {**records[1], "prior": records[0]["prior"]}]
+    with pytest.raises(DataError, match="from other records"):
+        prepare_cache(changed, tmp_path / "c", 16, progress=False)
+
+
+def test_a_bad_image_leaves_its_study_or_prior(tmp_path):
+    (tmp_path / "img").mkdir()
+    records = [study_record(tmp_path / "img", name) for name in ("a", "b", "c")]
+    (tmp_path / "img" / "a_lat.png").write_bytes(b"")  # a's lateral view
+    (tmp_path / "img" / "b_prior_ap.png").unlink()  # one image of b's prior
+    for part in ("pa", "lat"):  # every image of c
+        (tmp_path / "img" / f"c_{part}.png").unlink()
+    with pytest.raises(DataError, match="a_lat.png"):
+        prepare_cache(records, tmp_path / "c", 16, progress=False)
+    summary = prepare_cache(records, tmp_path / "c", 16, on_error="skip", progress=False)
+    assert summary.num_records == 2 and summary.skipped == {"empty_file": 1, "missing_file": 3}
+    assert {Path(f["item"]).name for f in summary.failed} == {"a_lat.png", "b_prior_ap.png", "c_pa.png",
+                                                             "c_lat.png"}
+    a, b = load_cache(tmp_path / "c")
+    assert [i["view"] for i in a["images"]] == ["PA"] and len(a["prior"]["images"]) == 2
+    assert len(b["images"]) == 2 and [i["view"] for i in b["prior"]["images"]] == ["LATERAL"]
+
+
+def test_loaded_mimic_studies_cache_every_image(tmp_path):
+    from test_study_loaders import write_mimic
+
+    from medvlm.data.mimic_cxr import load_mimic_cxr
+
+    records = load_mimic_cxr(write_mimic(tmp_path / "mimic"), views="all", studies="all_views", priors=True,
+                             split="test")
+    prepare_cache(records, tmp_path / "c", 8, progress=False)
+    cache = load_cache(tmp_path / "c")
+    assert [r["study_id"] for r in cache] == ["50000012", "50000013"]
+    assert [len(r["images"]) for r in cache] == [2, 2] and cache[0]["prior"] is None
+    assert cache[1]["prior"]["study_id"] == "50000012" and len(cache[1]["prior"]["images"]) == 2
+    assert cache[1]["prior"]["image_paths"] == [i["image"] for i in records[1]["prior"]["images"]]

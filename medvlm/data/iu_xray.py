@@ -21,7 +21,9 @@ Open-i / Kaggle CSV layout (``layout="openi"``)::
   the assignment is deterministic and does not change when studies are added. IU has one study
   per patient, so the split is patient-disjoint; subject_id is the uid.
 
-Both views of a study share one report; a record is one image.
+Both views of a study share one report. A record is one image by default (``studies="per_image"``),
+or one study with both views (``studies="all_views"``, R2Gen's protocol) or its frontal view only
+(``studies="frontal"``, the usual single-image protocol).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from pathlib import Path
 
 from medvlm.data.images import check_image_file
 from medvlm.data.records import (
-    DataError, PathGuard, SkipLog, canonical_split, check_fractions, check_split_arg, hash_split, make_record,
+    DataError, PathGuard, SkipLog, canonical_split, check_fractions, check_split_arg, check_studies, hash_split,
+    make_image, make_record, shape_study,
 )
 from medvlm.data.tables import read_csv, read_json
 from medvlm.data.reports import DEID_POLICIES, TARGET_SECTIONS, clean_report, compose_target
@@ -48,6 +51,7 @@ def load_iu_xray(
     on_error: str = "raise",
     layout: str = "auto",
     views: str = "both",
+    studies: str = "per_image",
     target_section: str = "findings",
     empty_findings: str = "drop",
     deid_tokens: str = "drop",
@@ -58,11 +62,15 @@ def load_iu_xray(
     split_seed: int = 0,
     allow_outside_root: bool = False,
 ) -> list[dict]:
-    """IU X-ray records, one per image.
+    """IU X-ray records: one per image by default, or one per study holding both its views.
 
     Options:
       layout: "auto" (annotation.json -> r2gen, else indiana_reports.csv -> openi), "r2gen", "openi".
-      views: "frontal", "lateral" or "both" (default).
+      views: "frontal", "lateral" or "both" (default): the images kept.
+      studies: "per_image" (default: one record per kept image, as before), "frontal" (one
+        record per study with its frontal image) or "all_views" (one record per study with its
+        kept views, frontal first: R2Gen's protocol, which reads both views of a study). See
+        `medvlm.data.records.STUDIES`. IU X-ray has no study dates, so no record has a prior.
       target_section: "findings" (default), "impression" or "findings+impression" (openi only;
         R2Gen's report is findings text).
       empty_findings: what to do with a study whose findings are empty when the target needs
@@ -88,6 +96,7 @@ def load_iu_xray(
     if deid_tokens not in DEID_POLICIES:
         raise UserError(f"deid_tokens must be one of {DEID_POLICIES}, got {deid_tokens!r}")
     split_fractions = check_fractions(split_fractions)
+    check_studies(studies)
     if layout == "auto":
         if (root / "annotation.json").is_file():
             layout = "r2gen"
@@ -97,7 +106,7 @@ def load_iu_xray(
             raise DataError(f"{root}: neither annotation.json (R2Gen layout) nor indiana_reports.csv "
                             "(Open-i/Kaggle layout) found", path=root, reason="missing_file")
     log = SkipLog(on_error, source=f"iu_xray({root})")
-    opts = dict(splits=splits, views=views, target_section=target_section,
+    opts = dict(splits=splits, views=views, studies=studies, target_section=target_section,
                 empty_findings=empty_findings, deid=deid_tokens, require_images=require_images,
                 verify_images=verify_images, log=log)
     if layout == "r2gen":
@@ -147,7 +156,44 @@ def _image_ok(path: Path, require: bool, verify: bool, log: SkipLog) -> bool:
     return True
 
 
-def _load_r2gen(annotation: Path, images: PathGuard, *, splits, views, target_section, empty_findings,
+def _study(images: list, *, split: str, log: SkipLog, studies: str, **fields) -> list[dict]:
+    """The records of one study's usable images (as `studies` says), none when there is none."""
+    if not images:
+        return []
+    return shape_study(make_record(images=images, split=split, **fields), studies, log)
+
+
+def _r2gen_paths(item, where: str, annotation: Path) -> list[str]:
+    """The image paths of one annotation item, after checking its fields (a DataError if bad)."""
+    if not isinstance(item, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}",
+                        path=annotation, reason="bad_field")
+    missing = [f for f in ("id", "report", "image_path") if f not in item]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {missing}; the item has {sorted(item)}",
+                        path=annotation, reason="missing_field")
+    paths = item["image_path"]
+    if isinstance(paths, str):
+        paths = [paths]
+    if not isinstance(paths, list) or not paths or not all(isinstance(x, str) for x in paths):
+        raise DataError(f"{where}: image_path must be a non-empty list of paths",
+                        path=annotation, reason="bad_field")
+    if not isinstance(item["report"], str):
+        raise DataError(f"{where}: report must be a string", path=annotation, reason="bad_field")
+    return paths
+
+
+def _usable(images: PathGuard, rel: str, view: str, where: str, require: bool, verify: bool, log: SkipLog):
+    """[{"image", "view"}] for a usable image, [] for a bad one (counted in `log`)."""
+    try:
+        image = images(rel, where=where)
+    except DataError as err:
+        log.skip(err)
+        return []
+    return [make_image(str(image), view)] if _image_ok(image, require, verify, log) else []
+
+
+def _load_r2gen(annotation: Path, images: PathGuard, *, splits, views, studies, target_section, empty_findings,
                 deid, require_images, verify_images, log) -> list[dict]:
     data = read_json(annotation)
     if not isinstance(data, dict):
@@ -163,22 +209,7 @@ def _load_r2gen(annotation: Path, images: PathGuard, *, splits, views, target_se
         for i, item in enumerate(items):
             where = f"{annotation}, {key}[{i}]"
             try:
-                if not isinstance(item, dict):
-                    raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}",
-                                    path=annotation, reason="bad_field")
-                missing = [f for f in ("id", "report", "image_path") if f not in item]
-                if missing:
-                    raise DataError(f"{where}: missing field(s) {missing}; the item has {sorted(item)}",
-                                    path=annotation, reason="missing_field")
-                paths = item["image_path"]
-                if isinstance(paths, str):
-                    paths = [paths]
-                if not isinstance(paths, list) or not paths or not all(isinstance(x, str) for x in paths):
-                    raise DataError(f"{where}: image_path must be a non-empty list of paths",
-                                    path=annotation, reason="bad_field")
-                if not isinstance(item["report"], str):
-                    raise DataError(f"{where}: report must be a string", path=annotation,
-                                    reason="bad_field")
+                paths = _r2gen_paths(item, where, annotation)
             except DataError as err:
                 log.skip(err)
                 continue
@@ -186,25 +217,32 @@ def _load_r2gen(annotation: Path, images: PathGuard, *, splits, views, target_se
             text = _target(findings, "", target_section, empty_findings, log)
             if text is None:
                 continue
+            kept = []
             for position, rel in enumerate(paths):
                 view = _R2GEN_VIEWS[position] if position < 2 else ""
-                if views != "both" and view != views.upper():
-                    continue
-                try:
-                    image = images(rel, where=f"{where}, image_path[{position}]")
-                except DataError as err:
-                    log.skip(err)
-                    continue
-                if not _image_ok(image, require_images, verify_images, log):
-                    continue
-                records.append(make_record(
-                    image=str(image), text=text, findings=findings, impression="",
-                    study_id=item["id"], view=view, split=key_split,
-                ))
+                if views == "both" or view == views.upper():
+                    kept += _usable(images, rel, view, f"{where}, image_path[{position}]", require_images,
+                                    verify_images, log)
+            records += _study(kept, split=key_split, log=log, studies=studies, text=text, findings=findings,
+                              impression="", study_id=item["id"])
     return records
 
 
-def _load_openi(root: Path, images: PathGuard, *, fractions, seed, splits, views, target_section,
+def _openi_projections(projections, log: SkipLog) -> dict:
+    """{uid: [(filename, FRONTAL or LATERAL, where), ...]} from indiana_projections.csv."""
+    by_uid: dict[str, list[tuple[str, str, str]]] = {}
+    for i, row in enumerate(projections.rows):
+        projection = row["projection"].strip().upper()
+        if projection not in ("FRONTAL", "LATERAL"):
+            log.skip(DataError(f"{projections.where(i, 'projection')}: {row['projection']!r}; "
+                               "expected Frontal or Lateral", path=projections.name, reason="bad_field"))
+            continue
+        by_uid.setdefault(row["uid"].strip(), []).append(
+            (row["filename"].strip(), projection, projections.where(i, "filename")))
+    return by_uid
+
+
+def _load_openi(root: Path, images: PathGuard, *, fractions, seed, splits, views, studies, target_section,
                 empty_findings, deid, require_images, verify_images, log) -> list[dict]:
     reports_path = root / "indiana_reports.csv"
     projections_path = root / "indiana_projections.csv"
@@ -213,18 +251,7 @@ def _load_openi(root: Path, images: PathGuard, *, fractions, seed, splits, views
             raise DataError(f"{path}: not found; the Open-i layout needs indiana_reports.csv and "
                             "indiana_projections.csv", path=path, reason="missing_file")
     reports = read_csv(reports_path, ["uid", "findings", "impression"])
-    projections = read_csv(projections_path, ["uid", "filename", "projection"])
-    by_uid: dict[str, list[tuple[str, str, str]]] = {}
-    for i, row in enumerate(projections.rows):
-        projection = row["projection"].strip().upper()
-        if projection not in ("FRONTAL", "LATERAL"):
-            log.skip(DataError(f"{projections.where(i, 'projection')}: {row['projection']!r}; "
-                               "expected Frontal or Lateral", path=projections_path,
-                               reason="bad_field"))
-            continue
-        by_uid.setdefault(row["uid"].strip(), []).append(
-            (row["filename"].strip(), projection, projections.where(i, "filename")))
-
+    by_uid = _openi_projections(read_csv(projections_path, ["uid", "filename", "projection"]), log)
     records = []
     for row in reports.rows:
         uid = row["uid"].strip()
@@ -240,18 +267,10 @@ def _load_openi(root: Path, images: PathGuard, *, fractions, seed, splits, views
         text = _target(findings, impression, target_section, empty_findings, log)
         if text is None:
             continue
+        kept = []
         for filename, projection, where in files:
-            if views != "both" and projection != views.upper():
-                continue
-            try:
-                image = images(filename, where=where)
-            except DataError as err:
-                log.skip(err)
-                continue
-            if not _image_ok(image, require_images, verify_images, log):
-                continue
-            records.append(make_record(
-                image=str(image), text=text, findings=findings, impression=impression,
-                study_id=uid, view=projection, split=row_split,
-            ))
+            if views == "both" or projection == views.upper():
+                kept += _usable(images, filename, projection, where, require_images, verify_images, log)
+        records += _study(kept, split=row_split, log=log, studies=studies, text=text, findings=findings,
+                          impression=impression, study_id=uid)
     return records

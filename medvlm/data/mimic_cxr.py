@@ -9,6 +9,9 @@ Layout under `root` (each CSV may also be the shipped ``.csv.gz``)::
     files/p10/p10000032/s50414267.txt           reports (MIMIC-CXR), or mimic-cxr-reports.zip
 
 Splits come from the official split file only, which is patient-disjoint by construction.
+A study is one record (``studies="frontal"`` or ``"all_views"``), optionally with the patient's
+previous study as its ``prior`` (``priors=True``, by StudyDate/StudyTime in the metadata file);
+by default each kept image is its own record, as before.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path
 
 from medvlm.data.images import check_image_file
 from medvlm.data.records import (
-    DataError, PathGuard, SkipLog, canonical_split, check_split_arg, labels_from_mapping, make_record,
+    DataError, PathGuard, SkipLog, as_prior, canonical_split, check_split_arg, check_studies, labels_from_mapping,
+    latest_priors, make_image, make_record, shape_study,
 )
 from medvlm.data.tables import read_csv
 from medvlm.data.reports import TARGET_SECTIONS, compose_target, decode_report, extract_sections
@@ -105,7 +109,9 @@ def load_mimic_cxr(
     split=None,
     on_error: str = "raise",
     views=DEFAULT_VIEWS,
-    images_per_study: str = "one",
+    images_per_study: str | None = None,
+    studies: str = "per_image",
+    priors: bool = False,
     target_section: str = "findings",
     drop_missing_target: bool = True,
     reports_path=None,
@@ -116,17 +122,29 @@ def load_mimic_cxr(
     verify_images: bool = False,
     allow_outside_root: bool = False,
 ) -> list[dict]:
-    """MIMIC-CXR-JPG records, one per image (or per study with ``images_per_study="one"``).
+    """MIMIC-CXR-JPG records: one per image by default (with one image per study), or one per
+    study with all its images and the patient's previous study.
 
     Options:
       views: ViewPosition values to keep (default ("PA", "AP")); None or "all" keeps every view.
-      images_per_study: "one" keeps one image per study, preferring the views in the order
-        given (PA, then AP by default; then LATERAL, LL, others), ties broken by split-file order;
-        "all" keeps every image that passes `views`.
+      studies: "per_image" (default: one record per image, as before), "frontal" (one record
+        per study with its first frontal image, PA before AP) or "all_views" (one record per
+        study with every kept image, ordered PA, AP, LATERAL, LL, others; pair it with
+        ``views="all"`` to get the lateral views too). See `medvlm.data.records.STUDIES`.
+      images_per_study: with studies="per_image" only: "one" (default) keeps one image per
+        study, preferring the views in the order given (PA, then AP by default; then LATERAL,
+        LL, others), ties broken by split-file order; "all" keeps every image that passes `views`.
+      priors: attach the previous study (``prior``: its images, reduced as `studies` says, and
+        its report) to each record; needs studies="frontal" or "all_views". The prior is the
+        same subject's latest study with an earlier (StudyDate, StudyTime) in the metadata file,
+        and only when it is in the same split (else there is none; MIMIC's official split is
+        patient-disjoint, so this is a safeguard). A prior whose report or every image is
+        unusable, or whose views were all filtered away, is no prior.
       target_section: "findings" (default, as R2Gen), "impression" or "findings+impression";
         `text` is that section (both joined for the last).
       drop_missing_target: leave out studies whose target text is empty (counted as dropped
-        "missing_target"); False keeps them with text "".
+        "missing_target", per record it would have given); False keeps them with text "".
+        Such a study can still be the prior of a later one.
       reports_path: a directory holding files/pXX/pSUBJECT/sSTUDY.txt or mimic-cxr-reports.zip;
         default root/mimic-cxr-reports.zip (or next to root), else root itself.
       images_root: where files/pXX/... images live (default root).
@@ -142,47 +160,98 @@ def load_mimic_cxr(
     log = SkipLog(on_error, source=f"mimic_cxr({root})")
     splits = check_split_arg(split)
     views = _check_views(views)
-    if images_per_study not in ("one", "all"):
-        raise UserError(f"images_per_study must be 'one' or 'all', got {images_per_study!r}")
-    if target_section not in TARGET_SECTIONS:
-        raise UserError(f"target_section must be one of {TARGET_SECTIONS}, got {target_section!r}")
-    if label_source not in ("chexpert", "negbio", None):
-        raise UserError(f"label_source must be 'chexpert', 'negbio' or None, got {label_source!r}")
+    images_per_study = _check_options(images_per_study, studies, priors, target_section, label_source)
     images_root = PathGuard(Path(images_root) if images_root is not None else root, allow_outside_root)
 
-    split_path, split_table, meta_path, view_of = _read_metadata(root)
+    split_path, split_table, meta_path, meta = _read_metadata(root, dates=priors)
     labels_of, bad_labels = _read_labels(root, label_source, log)
-    studies = _studies(split_path, split_table, meta_path, view_of, splits, views, log)
+    grouped = _studies(split_path, split_table, meta_path, meta, splits, views, log, every_split=priors)
     reports = ReportSource(Path(reports_path) if reports_path is not None else _default_reports(root),
                            allow_outside_root)
     preference = (views or ()) + tuple(v for v in _VIEW_PREFERENCE if v not in (views or ()))
     rank = {v: k for k, v in enumerate(preference)}
-    records = []
+    loaded = {}
     try:
-        for study_id, images in studies.items():
-            subject_id = images[0][1]
+        for study_id, images in grouped.items():
+            if (splits is not None and images[0][3] not in splits) or study_id in bad_labels:
+                continue  # another split (kept for the prior rule), or its label row was counted as bad
+            images = sorted(images, key=lambda im: rank.get(im[2], len(rank)))  # stable: file order in a tie
             if images_per_study == "one":
-                images = [min(images, key=lambda im: rank.get(im[2], len(rank)))]  # stable: first wins
-            if study_id in bad_labels:
-                continue  # its label row was counted as bad already
-            records += _study_records(
-                study_id, subject_id, images, reports, labels_of.get(study_id), images_root, log,
-                target_section=target_section, drop_missing_target=drop_missing_target, deid_tokens=deid_tokens,
-                check_images=require_images or verify_images, decode_images=verify_images)
+                images = images[:1]
+            record = _study_record(study_id, images, reports, labels_of.get(study_id), images_root, log,
+                                   target_section=target_section, deid_tokens=deid_tokens,
+                                   check_images=require_images or verify_images, decode_images=verify_images)
+            if record is not None:
+                loaded[study_id] = record
     finally:
         reports.close()
-    return log.finish(records)
+    prior_of = latest_priors((s, im[0][1], im[0][3], im[0][5]) for s, im in grouped.items()) if priors else {}
+    return log.finish(_final_records(loaded, prior_of, studies, drop_missing_target, log))
 
 
-def _read_metadata(root: Path):
-    """(split file, its table, metadata file, {dicom_id: upper-case ViewPosition}); either file
-    missing is a DataError."""
+def _check_options(images_per_study, studies: str, priors: bool, target_section: str, label_source) -> str | None:
+    """The checked options; images_per_study resolved ("one" by default under studies="per_image")."""
+    check_studies(studies, priors)
+    if images_per_study is not None and studies != "per_image":
+        raise UserError(f"images_per_study applies to studies='per_image' only; studies={studies!r} "
+                        "keeps the images the studies setting says")
+    if studies == "per_image":
+        images_per_study = "one" if images_per_study is None else images_per_study
+        if images_per_study not in ("one", "all"):
+            raise UserError(f"images_per_study must be 'one' or 'all', got {images_per_study!r}")
+    if target_section not in TARGET_SECTIONS:
+        raise UserError(f"target_section must be one of {TARGET_SECTIONS}, got {target_section!r}")
+    if label_source not in ("chexpert", "negbio", None):
+        raise UserError(f"label_source must be 'chexpert', 'negbio' or None, got {label_source!r}")
+    return images_per_study
+
+
+def _final_records(loaded: dict, prior_of: dict, studies: str, drop_missing_target: bool, log: SkipLog) -> list:
+    """The loaded studies with their priors attached, shaped by `studies`, in split-file order."""
+    records = []
+    for study_id, record in loaded.items():
+        prior_id = prior_of.get(study_id)
+        if prior_id in loaded:
+            record = {**record, "prior": as_prior(loaded[prior_id])}
+        if not record["text"] and drop_missing_target:
+            log.drop("missing_target", len(shape_study(record, studies)))
+            continue
+        records += shape_study(record, studies, log)
+    return records
+
+
+def _read_metadata(root: Path, dates: bool = False):
+    """(split file, its table, metadata file, {dicom_id: (upper-case ViewPosition, (StudyDate,
+    StudyTime) or None, or the DataError of an unreadable date)}); either file missing is a
+    DataError. The dates are read only when asked for (`dates`: the prior rule needs them)."""
     split_path = find_table(root, f"{PREFIX}-split.csv")
     split_table = read_csv(split_path, ["dicom_id", "study_id", "subject_id", "split"])
     meta_path = find_table(root, f"{PREFIX}-metadata.csv")
-    meta_table = read_csv(meta_path, ["dicom_id", "ViewPosition"])
-    view_of = {row["dicom_id"]: row["ViewPosition"].strip().upper() for row in meta_table.rows}
-    return split_path, split_table, meta_path, view_of
+    meta_table = read_csv(meta_path, ["dicom_id", "ViewPosition"] + (["StudyDate", "StudyTime"] if dates else []))
+    meta = {}
+    for i, row in enumerate(meta_table.rows):
+        when = None
+        if dates:
+            try:
+                when = _study_moment(row["StudyDate"], row["StudyTime"], meta_table.where(i))
+            except DataError as err:
+                when = err
+        meta[row["dicom_id"]] = (row["ViewPosition"].strip().upper(), when)
+    return split_path, split_table, meta_path, meta
+
+
+def _study_moment(date: str, time: str, where: str) -> tuple[int, float]:
+    """(StudyDate as YYYYMMDD, StudyTime as HHMMSS.ffffff) as numbers, which sort in time order."""
+    try:
+        day = int(float(date))
+    except ValueError:
+        raise DataError(f"{where}, column 'StudyDate': {date!r} is not a date YYYYMMDD", reason="bad_field") from None
+    try:
+        moment = float(time) if time.strip() else 0.0
+    except ValueError:
+        raise DataError(f"{where}, column 'StudyTime': {time!r} is not a time HHMMSS.ffffff",
+                        reason="bad_field") from None
+    return day, moment
 
 
 def _read_labels(root: Path, label_source: str | None, log: SkipLog) -> tuple[dict, set]:
@@ -203,10 +272,13 @@ def _read_labels(root: Path, label_source: str | None, log: SkipLog) -> tuple[di
     return labels_of, bad_labels
 
 
-def _studies(split_path: Path, split_table, meta_path: Path, view_of: dict, splits, views, log: SkipLog) -> dict:
+def _studies(split_path: Path, split_table, meta_path: Path, meta: dict, splits, views, log: SkipLog,
+             every_split: bool = False) -> dict:
     """The split file's images grouped by study, in file order: {study_id: [(dicom_id, subject_id,
-    view, split, where), ...]}, keeping the requested splits and views (`where`: its line)."""
-    studies: dict[str, list[tuple[str, str, str, str, str]]] = {}
+    view, split, where, when), ...]}, keeping the requested views and splits (`where`: its line;
+    `when`: (StudyDate, StudyTime) or None). With `every_split` (the prior rule looks at every
+    split) the other splits' studies are kept too, and their bad rows left out without a word."""
+    studies: dict[str, list[tuple]] = {}
     for i, row in enumerate(split_table.rows):
         where = split_table.where(i)
         try:
@@ -214,36 +286,44 @@ def _studies(split_path: Path, split_table, meta_path: Path, view_of: dict, spli
         except DataError as err:
             log.skip(err)
             continue
-        if splits is not None and row_split not in splits:
+        wanted = splits is None or row_split in splits
+        if not (wanted or every_split):
             continue
-        if row["dicom_id"] not in view_of:
-            log.skip(DataError(f"{where}: dicom_id {row['dicom_id']!r} is not in {meta_path.name}",
-                               path=split_path, reason="missing_metadata"))
+        if row["dicom_id"] not in meta:
+            if wanted:
+                log.skip(DataError(f"{where}: dicom_id {row['dicom_id']!r} is not in {meta_path.name}",
+                                   path=split_path, reason="missing_metadata"))
             continue
-        view = view_of[row["dicom_id"]]
+        view, when = meta[row["dicom_id"]]
+        if isinstance(when, DataError):
+            if wanted:
+                log.skip(DataError(f"{when} (dicom_id {row['dicom_id']!r})", path=meta_path, reason=when.reason))
+            continue
         if views is not None and view not in views:
-            log.drop("view_filtered")
+            if wanted:
+                log.drop("view_filtered")
             continue
-        studies.setdefault(row["study_id"], []).append((row["dicom_id"], row["subject_id"], view, row_split, where))
+        studies.setdefault(row["study_id"], []).append(
+            (row["dicom_id"], row["subject_id"], view, row_split, where, when))
+    for images in studies.values():  # a study's moment: its earliest image's
+        moment = min((im[5] for im in images if im[5] is not None), default=None)
+        images[:] = [im[:5] + (moment,) for im in images]
     return studies
 
 
-def _study_records(study_id: str, subject_id: str, images, reports: ReportSource, labels, images_root: PathGuard,
-                   log: SkipLog, *, target_section: str, drop_missing_target: bool, deid_tokens: str,
-                   check_images: bool, decode_images: bool) -> list[dict]:
-    """The records of one study's kept images (none when its report or every image is bad)."""
+def _study_record(study_id: str, images, reports: ReportSource, labels, images_root: PathGuard, log: SkipLog, *,
+                  target_section: str, deid_tokens: str, check_images: bool, decode_images: bool) -> dict | None:
+    """One study with its usable images (in the order given), or None when its report or every
+    image is bad (each counted in `log`)."""
+    subject_id = images[0][1]
     folder = f"files/p{subject_id[:2]}/p{subject_id}"
     try:
         sections = extract_sections(reports.read(f"{folder}/s{study_id}.txt", where=images[0][4]), deid=deid_tokens)
     except DataError as err:
         log.skip(err)
-        return []
-    text = compose_target(sections["findings"], sections["impression"], target_section)
-    if not text and drop_missing_target:
-        log.drop("missing_target", len(images))
-        return []
-    records = []
-    for dicom_id, _, view, row_split, where in images:
+        return None
+    kept = []
+    for dicom_id, _, view, _, where, _ in images:
         try:
             image = images_root(f"{folder}/s{study_id}/{dicom_id}.jpg", where=where)
             if check_images:
@@ -251,10 +331,10 @@ def _study_records(study_id: str, subject_id: str, images, reports: ReportSource
         except DataError as err:
             log.skip(err)
             continue
-        records.append(make_record(
-            image=str(image), text=text, findings=sections["findings"],
-            impression=sections["impression"], study_id=study_id, subject_id=subject_id,
-            view=view, split=row_split,
-            labels=None if labels is None else list(labels),
-        ))
-    return records
+        kept.append(make_image(str(image), view))
+    if not kept:
+        return None
+    return make_record(
+        images=kept, text=compose_target(sections["findings"], sections["impression"], target_section),
+        findings=sections["findings"], impression=sections["impression"], study_id=study_id,
+        subject_id=subject_id, split=images[0][3], labels=None if labels is None else list(labels))

@@ -7,9 +7,18 @@ Cache layout (a folder)::
                              skipped counts by reason (while loading + while decoding) and their
                              total, each image that failed to decode, fingerprint
     shard-00000/ ...         datasets saved with save_to_disk; one row per record:
-                             image  uint8 (S, S) Array2D   the resized pixels
-                             image_path  str               the source path ("" for in-memory images)
+                             image  uint8 (S, S) Array2D   the resized pixels of the first image
+                             image_path  str               its source path ("" for in-memory images)
+                             image_views, image_paths  list of str   every image of the study
+                             other_pixels  list of binary  images 2.. of the study, S*S bytes each
+                             prior_info  str | None        the prior study without pixels (JSON:
+                                                           study_id, text, findings, impression,
+                                                           views, image_paths, any other field)
+                             prior_pixels  list of binary  the prior's images, S*S bytes each
                              labels  list of float32 | None, and every other record field
+
+A record read back has its ``images`` and ``prior`` as the loader gave them, pixels in place of
+paths (a cache written before studies had several images reads as one image and no prior).
 
 `prepare_cache` works in shards of `shard_size` records inside a hidden sibling folder
 ``.<name>.partial``; each finished shard is written to a temporary folder and renamed, with a
@@ -36,7 +45,7 @@ import numpy as np
 
 from ..atomic_files import atomic_write_text
 from medvlm.data.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, load_resized
-from medvlm.data.records import DataError, SkipLog
+from medvlm.data.records import DataError, SkipLog, make_image, study_images
 from medvlm.errors import UserError
 
 logger = logging.getLogger("medvlm.data")
@@ -46,6 +55,9 @@ SHARD_INFO = "shard.json"
 FORMAT_VERSION = 1
 _STRING_FIELDS = ("image_path", "text", "findings", "impression", "study_id", "subject_id", "view",
                   "split", "question", "answer", "answer_type", "qid")
+# the study's images and its prior are stored in these columns, and rebuilt from them on reading
+_STUDY_COLUMNS = ("image_views", "image_paths", "other_pixels", "prior_info", "prior_pixels")
+_STUDY_FIELDS = ("images", "prior")
 
 
 @dataclass
@@ -99,13 +111,31 @@ def _json_default(value):
     return str(value)
 
 
+def _sources(record: dict) -> list:
+    """Every image a record's cache row holds: the study's (the first is `image`), then its prior's."""
+    prior = record.get("prior")
+    return [i["image"] for i in study_images(record)] + ([i["image"] for i in prior["images"]] if prior else [])
+
+
 def _fingerprint(records, settings: dict) -> str:
     h = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
     for record in records:
-        rest = {k: v for k, v in record.items() if k != "image"}
-        h.update(_image_key(record["image"]).encode())
+        rest = {k: v for k, v in record.items() if k not in ("image", *_STUDY_FIELDS)}
+        rest["views"] = [i["view"] for i in study_images(record)]
+        rest["prior"] = _prior_info(record.get("prior"))
+        h.update("|".join(_image_key(image) for image in _sources(record)).encode())
         h.update(json.dumps(rest, sort_keys=True, default=_json_default, allow_nan=True).encode())
     return h.hexdigest()
+
+
+def _prior_info(prior: dict | None) -> str | None:
+    """The prior study as JSON text without its pixels (views and paths of its images kept)."""
+    if prior is None:
+        return None
+    info = {k: v for k, v in prior.items() if k != "images"}
+    info["views"] = [i["view"] for i in prior["images"]]
+    info["image_paths"] = [i["image"] if isinstance(i["image"], str) else "" for i in prior["images"]]
+    return json.dumps(info, sort_keys=True, default=_json_default)
 
 
 def _features(records, image_size: int):
@@ -115,9 +145,14 @@ def _features(records, image_size: int):
 
     keys = list(dict.fromkeys(k for r in records for k in r))
     features = {"image": datasets.Array2D(shape=(image_size, image_size), dtype="uint8"),
-                "image_path": datasets.Value("string")}
+                "image_path": datasets.Value("string"),
+                "image_views": datasets.List(datasets.Value("string")),
+                "image_paths": datasets.List(datasets.Value("string")),
+                "other_pixels": datasets.List(datasets.Value("binary")),
+                "prior_info": datasets.Value("string"),
+                "prior_pixels": datasets.List(datasets.Value("binary"))}
     for key in keys:
-        if key in ("image", "image_path"):
+        if key in features or key in _STUDY_FIELDS:
             continue
         if key == "labels":
             features[key] = datasets.List(datasets.Value("float32"))
@@ -133,13 +168,20 @@ def _features(records, image_size: int):
 
 
 def _columns(records, pixels, features) -> dict:
+    """The shard's columns; `pixels[k]`: the decoded images of record k, its study's then its prior's."""
     columns = {name: [] for name in features}
-    for record, image in zip(records, pixels):
-        columns["image"].append(image)
+    for record, images in zip(records, pixels):
+        study, prior = study_images(record), record.get("prior")
+        columns["image"].append(images[0])
         columns["image_path"].append(record["image"] if isinstance(record["image"], str) else
                                      record.get("image_path", ""))
+        columns["image_views"].append([i["view"] for i in study])
+        columns["image_paths"].append([i["image"] if isinstance(i["image"], str) else "" for i in study])
+        columns["other_pixels"].append([p.tobytes() for p in images[1:len(study)]])
+        columns["prior_info"].append(_prior_info(prior))
+        columns["prior_pixels"].append([p.tobytes() for p in images[len(study):]])
         for name in features:
-            if name in ("image", "image_path"):
+            if name in ("image", "image_path", *_STUDY_COLUMNS):
                 continue
             value = record.get(name)
             if name == "labels" and value is not None:
@@ -321,27 +363,50 @@ def _reuse_shard(shard_dir: Path, fingerprint: str, log: SkipLog, summary: Cache
 
 
 def _decode_shard(shard, settings: dict, pool, shard_log: SkipLog, bar) -> tuple[list, list, list]:
-    """(records kept, their uint8 pixels, the failed ones as {"item", "reason", "message"}); an
-    image that fails is skipped into `shard_log` (or raises)."""
-    tasks = [(i, r["image"], settings["image_size"], settings["resize_mode"], settings["max_pixels"])
-             for i, r in enumerate(shard)]
+    """(records kept, the uint8 pixels of each: its study's images then its prior's, the failed
+    images as {"item", "reason", "message"}). An image that fails is skipped into `shard_log` (or
+    raises) and left out of its study or prior; a record whose study has no image left goes, a
+    prior with none left becomes None."""
+    sources = [_sources(r) for r in shard]
+    tasks = [((i, k), source, settings["image_size"], settings["resize_mode"], settings["max_pixels"])
+             for i, record_sources in enumerate(sources) for k, source in enumerate(record_sources)]
     results = pool.imap(_decode, tasks, chunksize=4) if pool else map(_decode, tasks)
-    kept, pixels, failed = [], [], []
-    for i, result in results:
-        bar.update(1)
+    decoded: list[dict] = [{} for _ in shard]
+    failed = []
+    for (i, k), result in results:
+        if k == 0:
+            bar.update(1)
         if isinstance(result, DataError):
             shard_log.skip(result)  # raises under on_error="raise"
-            failed.append({"item": _item_name(shard[i]), "reason": result.reason, "message": str(result)})
+            name = sources[i][k] if isinstance(sources[i][k], str) else f"study {shard[i].get('study_id')}"
+            failed.append({"item": name, "reason": result.reason, "message": str(result)})
             continue
-        kept.append(shard[i])
-        pixels.append(result)
+        decoded[i][k] = result
+    kept, pixels = [], []
+    for record, done in zip(shard, decoded):
+        record, images = _without_failed(record, done)
+        if record is not None:
+            kept.append(record)
+            pixels.append(images)
     return kept, pixels, failed
 
 
-def _item_name(record: dict) -> str:
-    """How a bad item is named: its image path, else its study id."""
-    image = record.get("image")
-    return image if isinstance(image, str) else f"study {record.get('study_id')}"
+def _without_failed(record: dict, done: dict) -> tuple[dict | None, list]:
+    """The record without the images that failed to decode (`done`: source index -> pixels) and
+    its pixels in `_sources` order; (None, []) when none of its study's images is left."""
+    study, prior = study_images(record), record.get("prior")
+    n = len(study)
+    if len(done) == len(_sources(record)):
+        return record, [done[k] for k in range(len(done))]
+    kept = [image for k, image in enumerate(study) if k in done]
+    if not kept:
+        return None, []
+    pixels = [done[k] for k in range(n) if k in done]
+    if prior is not None:
+        prior_kept = [image for k, image in enumerate(prior["images"]) if n + k in done]
+        pixels += [done[n + k] for k in range(len(prior["images"])) if n + k in done]
+        prior = {**prior, "images": prior_kept} if prior_kept else None
+    return {**record, "images": kept, "prior": prior, "image": kept[0]["image"], "view": kept[0]["view"]}, pixels
 
 
 def _save_shard(work: Path, name: str, dataset, shard_info: dict) -> None:
@@ -418,11 +483,34 @@ class CachedRecords:
             if name == "labels" and value is not None:
                 value = [float(v) for v in value]
             record[name] = value
-        return record
+        return _study_from_columns(record, self.image_size)
 
     def __iter__(self):
         for i in range(len(self)):
             yield self[i]
+
+
+def _study_from_columns(record: dict, size: int) -> dict:
+    """A cache row -> the record with its ``images`` and ``prior`` rebuilt (pixels in place of
+    paths, which stay in ``image_paths`` of the record and of the prior); a row of a cache
+    without study columns is a one-image study with no prior."""
+    def unpack(data: bytes) -> np.ndarray:
+        return np.frombuffer(data, np.uint8).reshape(size, size).copy()
+
+    if "image_views" not in record:
+        record.setdefault("images", [make_image(record["image"], record.get("view", ""))])
+        record.setdefault("prior", None)
+        return record
+    views, others = record.pop("image_views"), record.pop("other_pixels")
+    record["images"] = [make_image(pixels, view) for pixels, view in
+                        zip([record["image"]] + [unpack(p) for p in others], views)]
+    info, prior_pixels = record.pop("prior_info"), record.pop("prior_pixels")
+    record["prior"] = None
+    if info is not None:
+        info = json.loads(info)
+        views = info.pop("views")
+        record["prior"] = {**info, "images": [make_image(unpack(p), v) for p, v in zip(prior_pixels, views)]}
+    return record
 
 
 def _pixels(column, size: int) -> np.ndarray:

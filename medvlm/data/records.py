@@ -433,3 +433,76 @@ class PathGuard:
         if folder:
             self._folders[path] = real
         return real
+
+
+# --------------------------------------------------------------------------- studies and priors
+
+# How a loader turns a study into records (the `studies` option of every study loader):
+#   "per_image"  one record per image, no prior (the old one-image-per-sample form)
+#   "frontal"    one record per study holding its first frontal image (studies without one are
+#                dropped, counted as "no_frontal"); the usual single-image protocol
+#   "all_views"  one record per study holding all its (kept) images, frontal first
+STUDIES = ("per_image", "frontal", "all_views")
+
+
+def check_studies(studies: str, priors: bool = False) -> str:
+    """The `studies` option, checked; priors need a study form (they make no sense per image)."""
+    if studies not in STUDIES:
+        raise UserError(f"studies must be one of {STUDIES}, got {studies!r}")
+    if priors and studies == "per_image":
+        raise UserError("priors need studies='frontal' or 'all_views' (a per-image record has no prior)")
+    return studies
+
+
+def first_frontal(images: Sequence[dict]) -> list[dict]:
+    """[the first frontal image] of `images`, or [] when none is frontal."""
+    return [i for i in images if view_kind(i.get("view")) == "frontal"][:1]
+
+
+def shape_study(record: dict, studies: str, log: SkipLog | None = None) -> list[dict]:
+    """The records one study becomes under the `studies` option (see `STUDIES`); a prior is
+    reduced the same way ("frontal": its first frontal image; no frontal image, no prior)."""
+    if studies == "per_image":
+        return one_image_per_record(record)
+    if studies == "all_views":
+        return [record]
+    frontal = first_frontal(study_images(record))
+    if not frontal:
+        if log is not None:
+            log.drop("no_frontal")
+        return []
+    prior = record.get("prior")
+    if prior is not None:
+        prior_frontal = first_frontal(prior["images"])
+        prior = {**prior, "images": prior_frontal} if prior_frontal else None
+    return [{**record, "images": frontal, "prior": prior, "image": frontal[0]["image"], "view": frontal[0]["view"]}]
+
+
+def latest_priors(studies: Iterable[tuple]) -> dict:
+    """{study_id: the study_id of its prior, or None} from (study_id, subject_id, split, when).
+
+    The prior of a study is the same subject's latest study taken strictly earlier (`when`: any
+    sortable value, e.g. (StudyDate, StudyTime)); among studies of that same moment the one met
+    last in the input. It must be in the study's own split: when the latest earlier study is
+    in another split the study has no prior (the search does not go further back), so no
+    split ever sees another split's report.
+    """
+    by_subject: dict[str, list[tuple]] = {}
+    for order, (study_id, subject_id, split, when) in enumerate(studies):
+        by_subject.setdefault(str(subject_id), []).append((when, order, str(study_id), split))
+    prior_of = {}
+    for entries in by_subject.values():
+        entries.sort(key=lambda e: (e[0], e[1]))
+        n_earlier = 0  # entries[:n_earlier] are strictly earlier than the current one (a sorted prefix)
+        for k, (when, _, study_id, split) in enumerate(entries):
+            while n_earlier < k and entries[n_earlier][0] < when:
+                n_earlier += 1
+            latest = entries[n_earlier - 1] if n_earlier else None
+            prior_of[study_id] = latest[2] if latest is not None and latest[3] == split else None
+    return prior_of
+
+
+def as_prior(record: dict) -> dict:
+    """A loaded study record as the prior of a later one (its images and its report)."""
+    return make_prior(images=study_images(record), text=record["text"], study_id=record["study_id"],
+                      findings=record.get("findings", ""), impression=record.get("impression", ""))
