@@ -25,7 +25,7 @@ from medvlm.observations import CHEXPERT_OBSERVATIONS
 
 OBS = {name: i for i, name in enumerate(CHEXPERT_OBSERVATIONS)}
 STUDY_KEYS = {"image", "text", "findings", "impression", "labels", "masks", "study_id", "subject_id", "view",
-              "split", "meta"}
+              "split", "meta", "images", "prior", "changes"}
 # Words the report must use for each observation it states (positively or negatively).
 OBSERVATION_WORDS = {
     "Cardiomegaly": ("cardiomegaly", "heart size", "cardiac silhouette", "cardiomediastinal silhouette"),
@@ -83,6 +83,9 @@ def test_image_and_mask_shapes_and_types(size):
             assert mask.shape == (size, size) and mask.dtype == bool
         assert len(study["labels"]) == len(CHEXPERT_OBSERVATIONS)
         assert study["view"] == "PA" and study["split"] == ""
+        assert len(study["images"]) == 1 and study["images"][0]["view"] == "PA"
+        assert study["images"][0]["image"] is study["image"]
+        assert study["prior"] is None and study["changes"] == {}
 
 
 def test_report_and_labels_do_not_depend_on_image_size():
@@ -240,6 +243,7 @@ def test_save_png_tree_writes_readable_pngs(tmp_path):
     for original, record in zip(records, saved):
         assert isinstance(record["image"], str) and record["text"] == original["text"]
         assert np.array_equal(np.asarray(Image.open(record["image"])), original["image"])
+        assert record["images"] == [{"image": record["image"], "view": "PA"}], "paths, not pixels"
     assert isinstance(records[0]["image"], np.ndarray), "the input records are left as they were"
 
 

@@ -13,21 +13,30 @@ SPLITS = ("train", "validation", "test")
 
 
 def _synthetic(root, split, image_size, on_error, **options):
+    """The built-in synthetic set; besides the sizes and seed, options `views` (1: a PA film per
+    study, 2: PA + LATERAL), `prior_share` (the share of studies with a prior study, whose report
+    then states the changes), and `vqa` / `questions_per_study`."""
     from .synthetic import synthetic_records, synthetic_vqa_records
 
-    opts = {**SYNTHETIC_DEFAULTS, **options}
-    unknown = set(opts) - set(SYNTHETIC_DEFAULTS) - {"vqa", "questions_per_study"}
+    extra = {"vqa": False, "questions_per_study": 4, "views": 1, "prior_share": 0.0}
+    opts = {**SYNTHETIC_DEFAULTS, **extra, **options}
+    unknown = set(opts) - set(SYNTHETIC_DEFAULTS) - set(extra)
     if unknown:
         raise UserError(f"data.options: unknown synthetic option(s) {sorted(unknown)}; "
-                        f"known: {sorted(SYNTHETIC_DEFAULTS) + ['vqa', 'questions_per_study']}")
+                        f"known: {sorted(SYNTHETIC_DEFAULTS) + sorted(extra)}")
+    if opts["views"] not in (1, 2):
+        raise UserError(f"data.options.views: 1 (PA) or 2 (PA and lateral), got {opts['views']!r}")
+    share = opts["prior_share"]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+        raise UserError(f"data.options.prior_share: a number in [0, 1], got {opts['prior_share']!r}")
     sizes = [opts["num_train"], opts["num_validation"], opts["num_test"]]
     start = sum(sizes[: SPLITS.index(split)])  # disjoint index ranges keep the splits apart
-    if opts.get("vqa"):
-        return synthetic_vqa_records(sizes[SPLITS.index(split)], seed=opts["seed"], image_size=image_size,
-                                     split=split, start_index=start,
-                                     questions_per_study=opts.get("questions_per_study", 4))
-    return synthetic_records(sizes[SPLITS.index(split)], seed=opts["seed"], image_size=image_size,
-                             split=split, start_index=start)
+    common = {"seed": opts["seed"], "image_size": image_size, "split": split, "start_index": start,
+              "views": opts["views"], "prior_share": float(opts["prior_share"])}
+    if opts["vqa"]:
+        return synthetic_vqa_records(sizes[SPLITS.index(split)], questions_per_study=opts["questions_per_study"],
+                                     **common)
+    return synthetic_records(sizes[SPLITS.index(split)], **common)
 
 
 def _loader(name: str):

@@ -1,5 +1,6 @@
-"""The built-in synthetic chest X-ray dataset: drawn PA radiographs with matching reports,
-CheXpert labels, and masks of where each finding was drawn.
+"""The built-in synthetic chest X-ray dataset: drawn PA (and lateral) radiographs with matching
+reports, CheXpert labels, masks of where each finding was drawn, and prior studies with known
+changes.
 
 Why it exists: it is the package's default data. A small model must learn to read findings
 from the pixels, so the findings are sampled independently of each other (a report cannot be
@@ -13,22 +14,43 @@ A random pose (shift, scale, small rotation) maps this frame onto the pixel grid
 shape and every mask moves together. Findings are named by the patient's side ("left" means
 patient left, drawn at x > 0).
 
+Lateral view (``views=2``): a left lateral film of the same patient and findings, appended to
+`images` after the PA one. Its frame's x is the depth axis, from -1 (image left = anterior) to +1
+(posterior): the two lungs overlap, the heart lies anteriorly on the diaphragm domes (enlarged,
+it fills the retrocardiac space), the spine posteriorly, clear retrosternal lung above the heart.
+An effusion first fills the posterior costophrenic sulcus (a meniscus rising posteriorly); a
+pneumothorax is a lucent rim without markings. Every finding has a mask there too
+(`lateral_masks`, keyed as `masks`).
+
+Prior studies (``prior_share``): that share of studies gets a prior study of the same patient
+(same anatomy and subject_id, study_id ``<study_id>-prior``, its own pose and exposure), with its
+own images and plain report. Each present finding of `CHANGING_KINDS` was absent before ("new"),
+less severe or smaller ("worse"), more severe or larger ("better") or the same ("unchanged"), and
+a finding absent now may have been there ("resolved"); the kinds come out about equally often.
+The current report's impression then states each change in fixed phrasings (`_CHANGE_SENTENCES`:
+"New ...", "Interval increase in the ...", "Stable ...", "Interval resolution of the previously
+seen ...", ...), and `changes` holds the truth per CheXpert observation. A finding the prior
+shares with the current study is drawn from the same saved rng state, so it keeps its place.
+
 Determinism: `make_study(index, seed, image_size)` draws everything from
 ``np.random.default_rng([seed, index])`` in an order that does not depend on the image size,
 so one study has the same findings, report and labels at every size; only the film grain uses
-a second, size-specific stream.
+a second, size-specific stream. The lateral film and the prior use streams of their own
+(``[seed, index, tag, ...]``): with the defaults (``views=1, prior_share=0``) a study's film,
+report, labels, masks and meta are what they were before these options existed, and its PA film
+is the same whatever the options (only its report changes when it has a prior).
 
-Splits: a study is identified by (seed, index), one subject per study. Callers make splits from
-disjoint index ranges (``start_index``); `synthetic_splits` uses train = [0, n_train),
-validation = the next n_val indices, test = the next n_test, the same ranges as
-`medvlm.data.sources`.
+Splits: a study is identified by (seed, index), one subject per study (its prior is part of the
+same record). Callers make splits from disjoint index ranges (``start_index``);
+`synthetic_splits` uses train = [0, n_train), validation = the next n_val indices, test = the
+next n_test, the same ranges as `medvlm.data.sources`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +109,7 @@ class _Finding:
     severity: str | None = None
     size_mm: int | None = None
     cardiothoracic_ratio: float | None = None
+    extent: float = 1.0  # how far an opacity or atelectasis spreads (a prior's may differ); not in meta
 
     @property
     def observations(self) -> tuple[str, ...]:
@@ -383,8 +406,11 @@ def _body_field(frame: _Frame, anatomy: _Anatomy) -> np.ndarray:
 
 
 def _vessel_field(rng, frame: _Frame, anatomy: _Anatomy, side: str) -> np.ndarray:
+    return _markings(rng, frame, _SIDE_SIGN[side] * 0.2, -0.02)
+
+
+def _markings(rng, frame: _Frame, hilum_x: float, hilum_y: float) -> np.ndarray:
     """Lung markings: thin lines radiating from the hilum, fading towards the periphery."""
-    hilum_x, hilum_y = _SIDE_SIGN[side] * 0.2, -0.02
     dx, dy = frame.x - hilum_x, frame.y - hilum_y
     distance = np.sqrt(dx * dx + dy * dy)
     theta = np.arctan2(dy, dx)
@@ -488,7 +514,7 @@ def _draw_lung_opacity(chest: _Chest, finding: _Finding, rng) -> np.ndarray:
     frame = chest.frame
     cx, cy = _OPACITY_CENTRES[finding.zone]
     cx, cy = cx + float(rng.uniform(-0.04, 0.04)), cy + float(rng.uniform(-0.04, 0.04))
-    rx, ry = float(rng.uniform(0.18, 0.23)), float(rng.uniform(0.15, 0.2))
+    rx, ry = float(rng.uniform(0.18, 0.23)) * finding.extent, float(rng.uniform(0.15, 0.2)) * finding.extent
     radius = _ellipse_radius(frame, cx, cy, rx, ry, float(rng.uniform(-0.5, 0.5)))
     squared = radius * radius
     blob = np.exp(-1.5 * squared * squared)  # flat-topped: a lobe fills, then fades at its edge
@@ -555,7 +581,7 @@ def _draw_atelectasis(chest: _Chest, finding: _Finding, rng) -> np.ndarray:
     a, frame, side = chest.anatomy, chest.frame, finding.side
     cx = a.lung_cx[side] + _SIDE_SIGN[side] * float(rng.uniform(0.06, 0.11))
     cy = float(a.dome_y(side, cx)) - float(rng.uniform(0.1, 0.15))
-    half_length, half_width = 0.17, max(0.035, 1.5 * frame.pixel)
+    half_length, half_width = 0.17 * finding.extent, max(0.035, 1.5 * frame.pixel) * math.sqrt(finding.extent)
     tilt = -_SIDE_SIGN[side] * float(rng.uniform(0.05, 0.25))  # rises laterally
     radius = _ellipse_radius(frame, cx, cy, half_length, half_width, tilt)
     band = _soft_step((1.0 - radius) * half_width, 0.006 + frame.pixel)
@@ -629,9 +655,26 @@ _DRAWERS = {
 assert set(_DRAWERS) == set(FINDINGS)
 
 
-def _draw_findings(chest: _Chest, findings: list[_Finding], rng) -> dict[str, np.ndarray]:
+def _replayed(state: dict) -> np.random.Generator:
+    """A generator that continues from a saved `bit_generator.state` (reading one draws nothing)."""
+    generator = np.random.Generator(np.random.PCG64())
+    generator.bit_generator.state = state
+    return generator
+
+
+def _draw_findings(chest, findings: list[_Finding], rng, drawers=None, replay=None) -> tuple[dict, dict]:
+    """Draw each finding, in the drawers' order; returns (masks, states). `states[name]` is the
+    rng state its drawing started from; a name in `replay` is drawn from that state instead of
+    `rng`, so a finding a prior shares with its current study keeps its place and shape."""
+    drawers = _DRAWERS if drawers is None else drawers
     by_name = {f.name: f for f in findings}
-    return {name: _DRAWERS[name](chest, by_name[name], rng) for name in _DRAWERS if name in by_name}
+    masks, states = {}, {}
+    for name, drawer in drawers.items():
+        if name in by_name:
+            stream = _replayed(replay[name]) if replay and name in replay else rng
+            states[name] = stream.bit_generator.state
+            masks[name] = drawer(chest, by_name[name], stream)
+    return masks, states
 
 
 def _develop(chest: _Chest, rng, grain_rng) -> np.ndarray:
@@ -646,6 +689,270 @@ def _develop(chest: _Chest, rng, grain_rng) -> np.ndarray:
     density += grain_rng.standard_normal(density.shape, dtype=np.float32) * 0.015
     image = Image.fromarray(np.clip(density * 255.0 + 0.5, 0, 255).astype(np.uint8))
     return np.asarray(image.filter(ImageFilter.GaussianBlur(0.45 * frame.size / 128)))
+
+
+# ================================================================== the lateral view
+# A left lateral film of the same patient: the frame's x is now the depth axis, from -1 (image
+# left = anterior) to +1 (posterior); y is vertical as on the PA film. Both lungs overlap; the
+# heart lies anteriorly on the domes, the spine posteriorly, the retrosternal space (clear lung
+# between sternum and aorta) above the heart. Heights come from the frontal anatomy, so the domes,
+# the heart's size and the levels of the findings agree between the two views.
+
+@dataclass
+class _Lateral:
+    """The lateral geometry of a study's anatomy, in lateral frame units."""
+
+    front: float  # the anterior chest wall (sternum)
+    back: float  # the posterior chest wall (ribs)
+    lung_cx: float
+    lung_rx: float
+    lung_cy: float
+    lung_ry: float
+    dome_x: float  # depth of the domes' summits
+    dome_top: dict  # patient side -> y of its dome's summit
+    dome_curve: dict  # patient side -> how fast its dome falls towards the posterior sulcus
+    heart_cx: float
+    heart_cy: float
+    heart_rx: float
+    heart_ry: float
+    spine_x: float
+    hilum: tuple[float, float]
+    rib_start: float
+
+    def dome_y(self, side: str, x):
+        return self.dome_top[side] + self.dome_curve[side] * (x - self.dome_x) ** 2
+
+
+def _lateral_geometry(rng, anatomy: _Anatomy) -> _Lateral:
+    jitter = lambda width: float(rng.uniform(-width, width))  # noqa: E731
+    front, back, dome_x = -0.62 + jitter(0.03), 0.7 + jitter(0.03), -0.1 + jitter(0.03)
+    tops = {side: anatomy.dome_base[side] - anatomy.dome_height for side in ("right", "left")}
+    # the posterior costophrenic sulcus is the lowest point of each dome
+    curves = {side: (anatomy.dome_base[side] + 0.14 - tops[side]) / (back - dome_x) ** 2 for side in tops}
+    enlarged = anatomy.heart_rx / 0.32 - 1.0  # about 0 for a normal heart, up to ~0.7
+    heart_rx = 0.29 * (1.0 + 0.85 * enlarged)  # an enlarged heart fills the retrocardiac space
+    return _Lateral(
+        front=front, back=back, lung_cx=(front + back) / 2 + 0.02, lung_rx=(back - front) / 2 - 0.02,
+        lung_cy=anatomy.lung_cy, lung_ry=anatomy.lung_ry, dome_x=dome_x, dome_top=tops, dome_curve=curves,
+        heart_cx=front + 0.04 + heart_rx, heart_cy=anatomy.heart_cy - 0.02, heart_rx=heart_rx,
+        heart_ry=anatomy.heart_ry * 1.1, spine_x=back - 0.17 + jitter(0.02), hilum=(0.02 + jitter(0.03), -0.02),
+        rib_start=anatomy.rib_start,
+    )
+
+
+@dataclass
+class _LateralChest:
+    """A lateral drawing in progress, as `_Chest` for the PA film; `lungs[side]` is the side's lung
+    field (the two overlap); `vessel_term` is the markings of both."""
+
+    frame: _Frame
+    anatomy: _Anatomy
+    lateral: _Lateral
+    density: np.ndarray
+    lungs: dict
+    vessel_term: np.ndarray
+    heart: np.ndarray
+
+
+def _lateral_body(frame: _Frame, g: _Lateral) -> np.ndarray:
+    middle, half = (g.front + g.back) / 2, (g.back - g.front) / 2 + 0.12
+    across = ((frame.x - middle) / half) ** 2
+    down = ((frame.y - 0.25) / 1.15) ** 2
+    torso = _soft_step(1.0 - (across * across + down * down), 0.12)
+    neck = _soft_step(0.3 - np.abs(frame.x - middle - 0.05), 0.04) * (frame.y < -0.5)
+    return np.maximum(torso, neck)
+
+
+def _lateral_bones(frame: _Frame, g: _Lateral) -> np.ndarray:
+    """Vertebral bodies (with disc spaces), the sternum, and posterior ribs crossing the lungs."""
+    spine = _soft_step(0.09 - np.abs(frame.x - g.spine_x), 0.02 + frame.pixel)
+    spine *= 0.7 + 0.3 * np.cos(2.0 * np.pi * frame.y / 0.13)
+    sternum = _soft_step(0.025 - np.abs(frame.x - g.front - 0.03), 0.01 + frame.pixel)
+    sternum *= _soft_step(0.3 - np.abs(frame.y + 0.15), 0.05)
+    phase = (frame.y + 0.3 * (frame.x - g.spine_x) - g.rib_start) / 0.14
+    ribs = np.clip((0.15 - np.abs(phase - np.floor(phase) - 0.5)) / 0.08, 0, 1) * (frame.x > g.lung_cx)
+    return 0.12 * spine + 0.08 * sternum + 0.03 * ribs
+
+
+def _lateral_lung(frame: _Frame, g: _Lateral) -> np.ndarray:
+    """Both lungs' outline: round at the apex, square below (deep costophrenic sulci)."""
+    dx, dy = (frame.x - g.lung_cx) / g.lung_rx, (frame.y - g.lung_cy) / g.lung_ry
+    across = dx * dx
+    radius = np.sqrt(np.where(dy > 0, across * across, across) + dy * dy)
+    return _soft_step((1.0 - radius) * min(g.lung_rx, g.lung_ry), 0.02 + frame.pixel)
+
+
+def _draw_lateral_chest(rng, frame: _Frame, anatomy: _Anatomy) -> _LateralChest:
+    g = _lateral_geometry(rng, anatomy)
+    lung = _lateral_lung(frame, g)
+    lungs = {side: lung * _soft_step(g.dome_y(side, frame.x) - frame.y, 0.02 + frame.pixel)
+             for side in ("right", "left")}
+    both = 0.5 * (lungs["right"] + lungs["left"])
+    vessel_term = 0.1 * _markings(rng, frame, *g.hilum) * both
+    heart = _soft_ellipse(frame, g.heart_cx, g.heart_cy, g.heart_rx, g.heart_ry, -0.3, edge=0.025)
+    arch = _ellipse_radius(frame, g.hilum[0] + 0.02, -0.3, 0.21, 0.15) * (frame.y < -0.25)
+    aorta = _soft_step(0.03 - np.abs(arch - 1.0) * 0.15, 0.02 + frame.pixel)
+    trachea = _soft_step(0.035 - np.abs(frame.x - g.hilum[0] + 0.04 - 0.1 * (frame.y + 0.3)), 0.015 + frame.pixel)
+    trachea *= _soft_step(-0.12 - frame.y, 0.05)
+    bubble = _soft_ellipse(frame, g.dome_x - 0.08, g.dome_top["left"] + 0.12, 0.12, 0.06, edge=0.03)
+    hilum = _soft_ellipse(frame, *g.hilum, 0.1, 0.13, edge=0.06)
+
+    density = 0.03 + 0.55 * _lateral_body(frame, g)
+    density -= 1.1 * anatomy.lung_darkness * both  # two lungs' worth of air, seen through each other
+    density += vessel_term + 0.08 * hilum * both
+    density += (0.57 - density) * np.maximum(heart, 0.35 * aorta)
+    density += _lateral_bones(frame, g) - 0.1 * trachea - 0.12 * bubble
+    return _LateralChest(frame, anatomy, g, density, lungs, vessel_term, heart)
+
+
+# ------------------------------------------------------------------ findings on the lateral view
+# The same findings as on the PA film, drawn where the depth axis puts them; same masks keys.
+
+def _lateral_pleural_effusion(chest: _LateralChest, finding: _Finding, rng) -> np.ndarray:
+    """Fluid collects in the posterior costophrenic sulcus first: a meniscus rising posteriorly."""
+    g, frame, side = chest.lateral, chest.frame, finding.side
+    sulcus = float(g.dome_y(side, g.back))
+    top = {"small": sulcus - 0.2, "moderate": 0.3, "large": 0.04}[finding.severity] + float(rng.uniform(-0.03, 0.03))
+    depth = np.clip((frame.x - g.lung_cx) / g.lung_rx, -1, 1)  # -1 anterior, +1 posterior
+    meniscus = top + 0.3 * ((1.0 - depth) / 2.0) ** 2
+    chest_cavity = _soft_ellipse(frame, g.lung_cx, g.lung_cy, g.lung_rx + 0.01, g.lung_ry + 0.3)
+    fluid = _soft_step(frame.y - meniscus, 0.08) * chest_cavity
+    chest.density += (0.52 - chest.density) * 0.85 * fluid
+    return (fluid > 0.5) & (chest.lungs[side] > 0.3)
+
+
+def _lateral_cardiomegaly(chest: _LateralChest, finding: _Finding, rng) -> np.ndarray:
+    return chest.heart > 0.5  # drawn enlarged by `_lateral_geometry`
+
+
+_LATERAL_OPACITY_CENTRES = {  # (depth, y) of each lobe's opacity on a lateral film
+    "right upper lobe": (0.02, -0.38),
+    "right middle lobe": (-0.3, 0.04),
+    "right lower lobe": (0.36, 0.3),
+    "left upper lobe": (-0.12, -0.3),
+    "left lower lobe": (0.4, 0.36),
+}
+
+
+def _lateral_lung_opacity(chest: _LateralChest, finding: _Finding, rng) -> np.ndarray:
+    frame = chest.frame
+    cx, cy = _LATERAL_OPACITY_CENTRES[finding.zone]
+    cx, cy = cx + float(rng.uniform(-0.04, 0.04)), cy + float(rng.uniform(-0.04, 0.04))
+    rx, ry = float(rng.uniform(0.18, 0.23)) * finding.extent, float(rng.uniform(0.15, 0.2)) * finding.extent
+    radius = _ellipse_radius(frame, cx, cy, rx, ry, float(rng.uniform(-0.5, 0.5)))
+    squared = radius * radius
+    blob = np.exp(-1.5 * squared * squared)
+    amplitude = 0.36 if finding.severity == "dense" else 0.24
+    lung = chest.lungs[finding.side]
+    chest.density += amplitude * blob * lung
+    return (blob > 0.45) & (lung > 0.5)
+
+
+def _lateral_nodule(chest: _LateralChest, finding: _Finding, rng) -> np.ndarray:
+    frame = chest.frame
+    cx = float(rng.uniform(-0.15, 0.3))
+    cy = _NODULE_LEVELS[finding.zone] + float(rng.uniform(-0.05, 0.05))
+    radius = 0.025 + finding.size_mm / _MM_PER_UNIT * 0.9
+    distance = _ellipse_radius(frame, cx, cy, radius, radius) * radius
+    chest.density += 0.22 * _soft_step(radius - distance, 0.008 + frame.pixel)
+    return distance < radius + frame.pixel
+
+
+def _lateral_pneumothorax(chest: _LateralChest, finding: _Finding, rng) -> np.ndarray:
+    """The lung shrinks towards the hilum: a lucent rim without markings, anterior, apical and
+    posterior, bounded by the pleural line."""
+    g, frame = chest.lateral, chest.frame
+    fraction = _COLLAPSED_FRACTION[finding.severity] + float(rng.uniform(-0.02, 0.02))
+    anchor_x, anchor_y = g.hilum[0], 0.35
+    cx, cy = anchor_x + fraction * (g.lung_cx - anchor_x), anchor_y + fraction * (g.lung_cy - anchor_y)
+    rx, ry = g.lung_rx * fraction, g.lung_ry * fraction
+    radius = _ellipse_radius(frame, cx, cy, rx, ry)
+    lung = chest.lungs[finding.side]
+    air = _soft_step((radius - 1.0) * rx, 0.01 + frame.pixel) * lung
+    pleural_line = _soft_step(0.006 + frame.pixel * 0.5 - np.abs(radius - 1.0) * rx, 0.008 + frame.pixel)
+    chest.density -= air * (0.17 + chest.vessel_term)
+    chest.density += 0.15 * pleural_line * lung
+    return air > 0.5
+
+
+def _lateral_edema(chest: _LateralChest, finding: _Finding, rng) -> np.ndarray:
+    frame, g = chest.frame, chest.lateral
+    amplitude = {"mild": 0.14, "moderate": 0.22}[finding.severity]
+    texture = 0.75 + 0.25 * np.tanh(_smooth_noise(rng, frame, 16))
+    haze = np.exp(-1.8 * _ellipse_radius(frame, g.hilum[0] + float(rng.uniform(-0.03, 0.03)), 0.04, 0.42, 0.4) ** 2)
+    lung = np.maximum(chest.lungs["right"], chest.lungs["left"])
+    chest.density += amplitude * haze * texture * lung
+    return (haze > 0.4) & (lung > 0.5)
+
+
+def _lateral_atelectasis(chest: _LateralChest, finding: _Finding, rng) -> np.ndarray:
+    g, frame, side = chest.lateral, chest.frame, finding.side
+    cx = float(rng.uniform(0.05, 0.3))
+    cy = float(g.dome_y(side, cx)) - float(rng.uniform(0.1, 0.15))
+    half_length, half_width = 0.2 * finding.extent, max(0.035, 1.5 * frame.pixel) * math.sqrt(finding.extent)
+    radius = _ellipse_radius(frame, cx, cy, half_length, half_width, float(rng.uniform(-0.25, 0.05)))
+    band = _soft_step((1.0 - radius) * half_width, 0.006 + frame.pixel)
+    chest.density += 0.2 * band * chest.lungs[side]
+    return _dilate(band > 0.3)
+
+
+def _lateral_endotracheal_tube(chest: _LateralChest, finding: _Finding, rng) -> np.ndarray:
+    tip_y, hilum_x = float(rng.uniform(-0.56, -0.4)), chest.lateral.hilum[0]
+    along = lambda y: hilum_x - 0.04 + 0.1 * (y + 0.3)  # noqa: E731  (the trachea's axis)
+    tube = _stroke(chest.frame, [(along(-1.1), -1.1), (along(tip_y), tip_y)], 0.04)
+    chest.density += 0.3 * tube
+    return _dilate(tube > 0)
+
+
+def _lateral_central_venous_catheter(chest: _LateralChest, finding: _Finding, rng) -> np.ndarray:
+    tip = (-0.14 + float(rng.uniform(-0.03, 0.03)), -0.2 + float(rng.uniform(-0.05, 0.05)))
+    line = _stroke(chest.frame, _bezier((-0.05, -1.08), (-0.2, -0.6), tip), 0.022)
+    chest.density += 0.4 * line
+    return _dilate(line > 0)
+
+
+def _lateral_pacemaker(chest: _LateralChest, finding: _Finding, rng) -> np.ndarray:
+    """The generator in the anterior chest wall, seen edge-on; leads down into the heart."""
+    frame, g = chest.frame, chest.lateral
+    cx, cy = g.front + 0.05 + float(rng.uniform(-0.02, 0.02)), -0.6 + float(rng.uniform(-0.03, 0.03))
+    box = _soft_ellipse(frame, cx, cy, 0.05, 0.1, edge=0.005) > 0.5
+    start = (cx + 0.03, cy + 0.05)
+    leads = np.maximum(_stroke(frame, _bezier(start, (-0.1, -0.5), (g.heart_cx, g.heart_cy - 0.1)), 0.018),
+                       _stroke(frame, _bezier(start, (-0.05, -0.3), (g.heart_cx - 0.1, g.heart_cy + 0.12)), 0.018))
+    chest.density = np.maximum(chest.density, 0.82 * leads)
+    chest.density[box] = 1.0
+    return _dilate(box | (leads > 0))
+
+
+_LATERAL_DRAWERS = {
+    "pneumothorax_left": _lateral_pneumothorax,
+    "pneumothorax_right": _lateral_pneumothorax,
+    "lung_opacity": _lateral_lung_opacity,
+    "edema": _lateral_edema,
+    "atelectasis": _lateral_atelectasis,
+    "nodule": _lateral_nodule,
+    "pleural_effusion_left": _lateral_pleural_effusion,
+    "pleural_effusion_right": _lateral_pleural_effusion,
+    "cardiomegaly": _lateral_cardiomegaly,
+    "endotracheal_tube": _lateral_endotracheal_tube,
+    "central_venous_catheter": _lateral_central_venous_catheter,
+    "pacemaker": _lateral_pacemaker,
+}
+assert list(_LATERAL_DRAWERS) == list(_DRAWERS)
+
+
+def _film(view: str, anatomy: _Anatomy, findings: list[_Finding], rng, grain_rng, image_size: int,
+          replay: dict | None = None) -> tuple[np.ndarray, dict, dict]:
+    """One radiograph ("PA" or "LATERAL") of the study: (image, masks, states), drawing in a fixed
+    order from `rng`. `states` holds the rng state where the chest ("chest") and each finding
+    started; `replay` (a current study's states, for its prior) draws those from the saved state."""
+    frame = _sample_frame(rng, image_size)
+    stream = _replayed(replay["chest"]) if replay else rng
+    states = {"chest": stream.bit_generator.state}
+    lateral = view == "LATERAL"
+    chest = (_draw_lateral_chest if lateral else _draw_normal_chest)(stream, frame, anatomy)
+    masks, finding_states = _draw_findings(chest, findings, rng, _LATERAL_DRAWERS if lateral else _DRAWERS, replay)
+    return _develop(chest, rng, grain_rng), masks, {**states, **finding_states}
 
 
 # ================================================================== reports
@@ -879,15 +1186,36 @@ def _normal_report(rng) -> tuple[str, str, list[float]]:
     return " ".join(sentences), impression, labels
 
 
-def _abnormal_report(findings: list[_Finding], rng) -> tuple[str, str, list[float]]:
+def _by_kind(findings: list[_Finding]) -> dict[str, list[_Finding]]:
     by_kind: dict[str, list[_Finding]] = {}
     for finding in findings:
         by_kind.setdefault(finding.kind, []).append(finding)
+    return by_kind
+
+
+def _report(findings: list[_Finding], rng, comparison: dict | None = None) -> tuple[str, str, list[float]]:
+    """(findings text, impression, labels). With a `comparison` (see `_plan_prior`) the impression
+    states each change: a changed kind's impression sentence becomes its change sentence, and a
+    resolved kind gets one (its observations are then labelled 0, as the labeler reads it)."""
+    if findings:
+        return _abnormal_report(findings, rng, comparison)
+    findings_text, impression, labels = _normal_report(rng)
+    if comparison:  # a normal study can only have resolved findings
+        impression = " ".join([*_change_impressions(comparison, rng).values(), impression])
+        _label_resolved(labels, comparison)
+    return findings_text, impression, labels
+
+
+def _abnormal_report(findings: list[_Finding], rng, comparison: dict | None = None) -> tuple[str, str, list[float]]:
+    by_kind = _by_kind(findings)
     described = {kind: _DESCRIBERS[kind](by_kind[kind], rng) for kind in _FINDINGS_ORDER if kind in by_kind}
     positives = {section: [] for section in _SECTIONS}
     for kind, (sentence, _) in described.items():
         positives[_SECTION_OF_KIND[kind]].append(sentence)
-    impression = " ".join(described[kind][1] for kind in _IMPRESSION_ORDER if kind in described)
+    impressions = {kind: sentence for kind, (_, sentence) in described.items()}
+    if comparison:
+        impressions.update(_change_impressions(comparison, rng))
+    impression = " ".join(impressions[kind] for kind in _IMPRESSION_ORDER if kind in impressions)
     words_so_far = _word_count(s for section in _SECTIONS for s in positives[section]) + len(impression.split()) + 2
     negations = _choose_negations(set(by_kind), rng, words_so_far)  # + 2 for the section headers
     for negation in negations:
@@ -900,8 +1228,119 @@ def _abnormal_report(findings: list[_Finding], rng) -> tuple[str, str, list[floa
     for negation in negations:
         for observation, value in negation.labels:
             _set_label(labels, observation, value)
+    if comparison:
+        _label_resolved(labels, comparison)
     findings_text = " ".join(sentence for section in _SECTIONS for sentence in positives[section])
     return findings_text, impression, labels
+
+
+# ================================================================== prior studies and change
+
+# The kinds whose change against a prior study is drawn and stated; nodules and devices are the
+# same in the prior as now, and the report says nothing about them.
+CHANGING_KINDS = ("pleural_effusion", "cardiomegaly", "lung_opacity", "pneumothorax", "edema", "atelectasis")
+CHANGE_KINDS = ("new", "worse", "better", "unchanged", "resolved")
+# Chance that a study with a prior also had a finding that has since resolved; it makes
+# "resolved" about as common as each of the other four kinds.
+RESOLVED_RATE = 0.2
+_SEVERITY_LADDERS = {"pleural_effusion": ("small", "moderate", "large"), "cardiomegaly": ("mild", "moderate", "severe"),
+                     "pneumothorax": ("small", "moderate", "large"), "edema": ("mild", "moderate")}
+_PRIOR_EXTENT = {"worse": 0.5, "better": 1.6}  # an opacity or atelectasis has no size word: it was smaller / larger
+# The report's change sentences; a variant is chosen with the study rng.
+_CHANGE_SENTENCES = {
+    "new": ("New {}.", "There is a new {}."),
+    "worse": ("Interval increase in the {}.", "Worsening {}."),
+    "better": ("Interval decrease in the {}.", "Improving {}."),
+    "unchanged": ("Unchanged {}.", "Stable {}."),
+    "resolved": ("Interval resolution of the previously seen {}.", "The previously seen {} has resolved."),
+}
+
+
+def _change_phrase(findings: list[_Finding]) -> tuple[str, dict[str, int]]:
+    """The finding phrase of a kind's findings, and {change: the one sentence variant that fits}
+    where only one does: a plural takes no "There is a new" / "has resolved", and the labeler
+    reads "resolution of the previously seen consolidative ... opacity" as negating the
+    consolidation only."""
+    f = findings[0]
+    if f.kind == "pleural_effusion":
+        sides = _side_words(findings)
+        if sides == "bilateral":
+            return f"{f.severity} bilateral pleural effusions", {"new": 0, "resolved": 0}
+        return f"{f.severity} {sides} pleural effusion", {}
+    if f.kind == "lung_opacity":
+        if f.severity == "dense":
+            return f"consolidative {f.zone} opacity", {"resolved": 1}
+        return f"{f.zone} opacity", {}
+    phrases = {"cardiomegaly": f"{f.severity} cardiomegaly", "pneumothorax": f"{f.severity} {f.side} pneumothorax",
+               "edema": f"{f.severity} pulmonary edema", "atelectasis": f"{f.side} basilar atelectasis"}
+    return phrases[f.kind], {}
+
+
+def _change_impressions(comparison: dict, rng) -> dict[str, str]:
+    """kind -> its change sentence (a resolved kind's phrase names the prior's finding)."""
+    sentences = {}
+    for kind, (change, findings) in comparison.items():
+        phrase, only = _change_phrase(findings)
+        variants = _CHANGE_SENTENCES[change]
+        sentences[kind] = (variants[only[change]] if change in only else _choice(rng, variants)).format(phrase)
+    return sentences
+
+
+def _label_resolved(labels: list[float], comparison: dict) -> None:
+    for change, findings in comparison.values():
+        if change == "resolved":
+            for observation in findings[0].observations:
+                _set_label(labels, observation, 0.0)
+
+
+def _changes(comparison: dict | None) -> dict[str, str]:
+    """The record's `changes`: CheXpert observation -> change kind."""
+    return {observation: change for change, findings in (comparison or {}).values()
+            for observation in findings[0].observations}
+
+
+def _prior_change(findings: list[_Finding], rng) -> tuple[str, list[_Finding]]:
+    """A change for a present kind, and the prior's findings of that kind: absent ("new"), less
+    severe or smaller ("worse"), more severe or larger ("better"), or the same ("unchanged").
+    Where only one direction is open the severity allows, it counts twice, so that worse and
+    better together stay half of the changes of present findings."""
+    ladder = _SEVERITY_LADDERS.get(findings[0].kind)
+    level = ladder.index(findings[0].severity) if ladder else None
+    lower, higher = (ladder[:level], ladder[level + 1:]) if ladder else ((None,), (None,))
+    options = ["new", "unchanged", *(["worse"] * (2 if not higher else 1) if lower else []),
+               *(["better"] * (2 if not lower else 1) if higher else [])]
+    change = _choice(rng, options)
+    if change == "new":
+        return change, []
+    if change == "unchanged":
+        return change, [replace(f) for f in findings]
+    if ladder:
+        severity = _choice(rng, lower if change == "worse" else higher)
+        return change, [replace(f, severity=severity) for f in findings]
+    return change, [replace(f, extent=_PRIOR_EXTENT[change]) for f in findings]
+
+
+def _plan_prior(findings: list[_Finding], rng) -> tuple[list[_Finding], dict]:
+    """The prior study's findings and the comparison: kind -> (change, the findings its phrase
+    names: the current ones, or the prior's for a resolved kind)."""
+    prior, comparison = [], {}
+    by_kind = _by_kind(findings)
+    for kind, group in by_kind.items():
+        if kind not in CHANGING_KINDS:
+            prior += [replace(f) for f in group]
+            continue
+        change, before = _prior_change(group, rng)
+        comparison[kind] = (change, group)
+        prior += before
+    absent = [kind for kind in CHANGING_KINDS if kind not in by_kind]
+    if absent and rng.random() < RESOLVED_RATE:
+        kind = _choice(rng, absent)
+        before = _SAMPLERS[kind](rng)
+        comparison[kind] = ("resolved", before)
+        prior += before
+    if all(f.kind == "support_devices" for f in prior):
+        prior = []  # no devices-only studies (see DEVICE_RATE_WITH_PATHOLOGY): they came with the pathology
+    return prior, comparison
 
 
 # ================================================================== studies and records
@@ -910,26 +1349,83 @@ def _study_id(seed: int, index: int) -> str:
     return f"syn{seed}-s{index:08d}"
 
 
-def make_study(index: int, seed: int = 0, image_size: int = 128) -> dict:
-    """One synthetic study, deterministic in (index, seed, image_size); see the module docstring.
+# Tags of the rng streams beside a study's own ([seed, index]); far above any image size, so no
+# stream is another's film-grain stream ([seed, index, image_size]).
+_LATERAL_STREAM, _PRIOR_STREAM = 1_000_001, 1_000_002
+VIEWS = (1, 2)
 
-    Keys: image (uint8 (H, W)), text ("FINDINGS: ... IMPRESSION: ..."), findings, impression,
-    labels (14 floats in CHEXPERT_OBSERVATIONS order: 1 present, 0 negated in the report, NaN not
-    mentioned; No Finding is 1 for normal studies, else NaN), masks (finding name -> bool (H, W)),
-    study_id, subject_id, view ("PA"), split (""), meta (one dict per drawn finding: name, side,
-    zone, severity, observations, size_mm, cardiothoracic_ratio).
+
+def _stream(seed: int, index: int, *tags: int) -> np.random.Generator:
+    return np.random.default_rng([seed, index, *tags])
+
+
+def _heart_scale(findings: list[_Finding]) -> float:
+    return _HEART_SCALE[next((f.severity for f in findings if f.kind == "cardiomegaly"), None)]
+
+
+def _lateral_film(seed: int, index: int, image_size: int, anatomy: _Anatomy, findings: list[_Finding],
+                  tags: tuple = (), replay: dict | None = None) -> tuple[np.ndarray, dict, dict]:
+    """The study's lateral film, from its own streams ([seed, index, *tags, _LATERAL_STREAM]), so
+    drawing it changes nothing on the frontal film or in the report."""
+    rng = _stream(seed, index, *tags, _LATERAL_STREAM)
+    grain_rng = _stream(seed, index, *tags, _LATERAL_STREAM, image_size)
+    return _film("LATERAL", anatomy, findings, rng, grain_rng, image_size, replay)
+
+
+def _draw_prior(seed: int, index: int, image_size: int, views: int, anatomy_state: dict, plan: tuple,
+                replays: dict) -> dict:
+    """The prior study: the same patient (anatomy drawn again from the saved state, with the
+    prior's heart), its own pose, exposure and report, drawn from the prior stream after the plan.
+    `replays` (view -> the current film's states) keeps shared findings where they were."""
+    rng, findings = plan[0], plan[1]
+    anatomy = _sample_anatomy(_replayed(anatomy_state), _heart_scale(findings))
+    grain_rng = _stream(seed, index, _PRIOR_STREAM, image_size)
+    image, masks, _ = _film("PA", anatomy, findings, rng, grain_rng, image_size, replays["PA"])
+    findings_text, impression, labels = _report(findings, rng)
+    prior = {"study_id": f"{_study_id(seed, index)}-prior", "images": [{"image": image, "view": "PA"}],
+             "text": f"FINDINGS: {findings_text} IMPRESSION: {impression}", "findings": findings_text,
+             "impression": impression, "labels": labels, "meta": [f.meta() for f in findings], "masks": masks}
+    if views == 2:
+        lateral, prior["lateral_masks"], _ = _lateral_film(seed, index, image_size, anatomy, findings,
+                                                           (_PRIOR_STREAM,), replays["LATERAL"])
+        prior["images"].append({"image": lateral, "view": "LATERAL"})
+    return prior
+
+
+def _plan(seed: int, index: int, findings: list[_Finding], prior_share: float) -> tuple | None:
+    """(prior rng, prior findings, comparison) for a study that has a prior, else None. The draw
+    that decides comes first in the prior stream, so a larger share keeps the smaller's priors."""
+    rng = _stream(seed, index, _PRIOR_STREAM)
+    if not rng.random() < prior_share:
+        return None
+    return (rng, *_plan_prior(findings, rng))
+
+
+def make_study(index: int, seed: int = 0, image_size: int = 128, views: int = 1, prior_share: float = 0.0) -> dict:
+    """One synthetic study, deterministic in (index, seed, image_size, views, prior_share); see
+    the module docstring.
+
+    Keys: image (uint8 (H, W), the PA film), text ("FINDINGS: ... IMPRESSION: ..."), findings,
+    impression, labels (14 floats in CHEXPERT_OBSERVATIONS order: 1 present, 0 negated in the
+    report, NaN not mentioned; No Finding is 1 for normal studies, else NaN), masks (finding name
+    -> bool (H, W), on the PA film), study_id, subject_id, view ("PA"), split (""), meta (one dict
+    per drawn finding: name, side, zone, severity, observations, size_mm, cardiothoracic_ratio),
+    images ([{"image", "view": "PA"}], then {"image", "view": "LATERAL"} when views=2), prior (None
+    or {study_id, images, text, findings, impression, labels, meta, masks[, lateral_masks]}),
+    changes (observation -> "new"/"worse"/"better"/"unchanged"/"resolved"; {} without a prior),
+    and with views=2 lateral_masks (the masks on the lateral film, keyed as `masks`).
     """
+    if views not in VIEWS or not 0.0 <= prior_share <= 1.0:
+        raise ValueError(f"views must be one of {VIEWS} and prior_share in [0, 1], got {views}, {prior_share}")
     rng = np.random.default_rng([seed, index])
     grain_rng = np.random.default_rng([seed, index, image_size])
     findings = _sample_findings(rng)
-    severity = next((f.severity for f in findings if f.kind == "cardiomegaly"), None)
-    anatomy = _sample_anatomy(rng, _HEART_SCALE[severity])
-    frame = _sample_frame(rng, image_size)
-    chest = _draw_normal_chest(rng, frame, anatomy)
-    masks = _draw_findings(chest, findings, rng)
-    image = _develop(chest, rng, grain_rng)
-    findings_text, impression, labels = (_abnormal_report(findings, rng) if findings else _normal_report(rng))
-    return {
+    anatomy_state = rng.bit_generator.state
+    anatomy = _sample_anatomy(rng, _heart_scale(findings))
+    image, masks, pa_states = _film("PA", anatomy, findings, rng, grain_rng, image_size)
+    plan = _plan(seed, index, findings, prior_share)
+    findings_text, impression, labels = _report(findings, rng, plan[2] if plan else None)
+    study = {
         "image": image,
         "text": f"FINDINGS: {findings_text} IMPRESSION: {impression}",
         "findings": findings_text,
@@ -941,49 +1437,85 @@ def make_study(index: int, seed: int = 0, image_size: int = 128) -> dict:
         "view": "PA",
         "split": "",
         "meta": [f.meta() for f in findings],
+        "images": [{"image": image, "view": "PA"}],
+        "prior": None,
+        "changes": _changes(plan[2] if plan else None),
     }
+    replays = {"PA": pa_states}  # where each film's chest and findings started, for the prior
+    if views == 2:
+        lateral, study["lateral_masks"], replays["LATERAL"] = _lateral_film(seed, index, image_size, anatomy, findings)
+        study["images"].append({"image": lateral, "view": "LATERAL"})
+    if plan:
+        study["prior"] = _draw_prior(seed, index, image_size, views, anatomy_state, plan, replays)
+    return study
+
+
+def _drop_masks(study: dict) -> dict:
+    for record in (study, study["prior"] or {}):
+        record.pop("masks", None)
+        record.pop("lateral_masks", None)
+    return study
 
 
 def synthetic_records(num_studies: int, seed: int = 0, image_size: int = 128, split: str = "train",
-                      start_index: int = 0, with_masks: bool = False) -> list[dict]:
-    """Studies start_index .. start_index + num_studies - 1, with `split` set. Masks are left
-    out (the key is absent) unless `with_masks`, to keep large sets small in memory.
+                      start_index: int = 0, with_masks: bool = False, views: int = 1,
+                      prior_share: float = 0.0) -> list[dict]:
+    """Studies start_index .. start_index + num_studies - 1, with `split` set. Masks (`masks`,
+    `lateral_masks`, and the prior's) are left out unless `with_masks`, to keep large sets small
+    in memory. `views` and `prior_share` are `make_study`'s.
 
     Splits must come from disjoint index ranges, e.g. train from 0, validation from n_train;
     `synthetic_splits` does that."""
     records = []
     for index in range(start_index, start_index + num_studies):
-        study = make_study(index, seed=seed, image_size=image_size)
+        study = make_study(index, seed=seed, image_size=image_size, views=views, prior_share=prior_share)
         study["split"] = split
-        if not with_masks:
-            del study["masks"]
-        records.append(study)
+        records.append(study if with_masks else _drop_masks(study))
     return records
 
 
 def synthetic_splits(num_train: int, num_val: int, num_test: int, seed: int = 0, image_size: int = 128,
-                     with_masks: bool = False) -> dict[str, list[dict]]:
+                     with_masks: bool = False, views: int = 1, prior_share: float = 0.0) -> dict[str, list[dict]]:
     """Train, validation and test records from consecutive, disjoint index ranges."""
     sizes = {"train": num_train, "validation": num_val, "test": num_test}
     splits, start = {}, 0
     for split, size in sizes.items():
-        splits[split] = synthetic_records(size, seed, image_size, split, start, with_masks)
+        splits[split] = synthetic_records(size, seed, image_size, split, start, with_masks, views, prior_share)
         start += size
     return splits
 
 
+def _saved_images(images: list[dict], stem: str, out_dir: Path, written: set) -> list[dict]:
+    """Write each image as ``<stem>.png`` (the first) or ``<stem>-<view>.png``; returns the
+    images with paths."""
+    saved = []
+    for k, entry in enumerate(images):
+        path = out_dir / (f"{stem}.png" if k == 0 else f"{stem}-{entry['view'].lower()}.png")
+        if path not in written and not isinstance(entry["image"], (str, Path)):
+            Image.fromarray(entry["image"]).save(path)
+            written.add(path)
+        saved.append({**entry, "image": str(path)})
+    return saved
+
+
 def save_png_tree(records: list[dict], out_dir) -> list[dict]:
-    """Write each record's image as ``out_dir/<study_id>.png`` (once per study, so VQA records
-    of one study share a file) and return copies of the records whose `image` is that path."""
+    """Write each record's images as ``out_dir/<study_id>.png`` (the frontal one) and
+    ``<study_id>-lateral.png``, and a prior's under its own study_id, once per study (so VQA
+    records of one study share files); returns copies of the records whose `image`, `images` and
+    prior images are those paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, saved = set(), []
     for record in records:
-        path = out_dir / f"{record['study_id']}.png"
-        if path not in written and not isinstance(record["image"], (str, Path)):
-            Image.fromarray(record["image"]).save(path)
-            written.add(path)
-        saved.append({**record, "image": str(path)})
+        images = record.get("images") or [{"image": record["image"], "view": record.get("view", "")}]
+        images = _saved_images(images, record["study_id"], out_dir, written)
+        copy = {**record, "image": images[0]["image"]}
+        if "images" in record:
+            copy["images"] = images
+        if record.get("prior"):
+            prior = record["prior"]
+            copy["prior"] = {**prior, "images": _saved_images(prior["images"], prior["study_id"], out_dir, written)}
+        saved.append(copy)
     return saved
 
 
@@ -1114,16 +1646,17 @@ def _pick_questions(rng, presence, details, count: int) -> list[tuple[str, str, 
 
 
 def synthetic_vqa_records(num_studies: int, seed: int = 0, image_size: int = 128, split: str = "train",
-                          start_index: int = 0, questions_per_study: int = 4) -> list[dict]:
+                          start_index: int = 0, questions_per_study: int = 4, views: int = 1,
+                          prior_share: float = 0.0) -> list[dict]:
     """Questions and answers generated from each study's meta: closed yes/no presence questions
     (balanced), closed side questions (left/right/both), and open ones (size or severity, where,
     which devices, what is in a given lung region). Each record holds the study's keys (no masks)
     with `text` = the answer (the training target, as in every VQA record) and the study's report
-    under `report`, plus question, answer (lower case), answer_type ("closed"/"open") and qid."""
+    under `report`, plus question, answer (lower case), answer_type ("closed"/"open") and qid.
+    `views` and `prior_share` are `make_study`'s (the questions are about the current study)."""
     records = []
     for index in range(start_index, start_index + num_studies):
-        study = make_study(index, seed=seed, image_size=image_size)
-        del study["masks"]
+        study = _drop_masks(make_study(index, seed=seed, image_size=image_size, views=views, prior_share=prior_share))
         study["split"] = split
         rng = np.random.default_rng([seed, index, 7])  # its own stream: the study stays as it is
         questions = _pick_questions(rng, _presence_pairs(study["meta"], rng), _detail_pairs(study["meta"]),
