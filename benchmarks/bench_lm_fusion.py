@@ -185,12 +185,13 @@ def count(modules) -> int:
 
 def parameter_counts(ours, bare) -> dict:
     """Ours by part (LM = the text tower, its tied head included once; fusion = the fusion blocks,
-    image-to-fusion projection, final norm and LM-head bias; contrastive = the two embedding
+    image-to-fusion projection, final norm, view and prior embeddings and LM-head bias; contrastive = the two embedding
     projections and the logit scale, unused by generation; vision = the timm ViT), and the bare LM."""
     inner = ours.model
     parts = {
         "lm": count([inner.text]),
-        "fusion": count([inner.fusion, inner.image_to_fusion, inner.ln_final, ours.lm_bias]
+        "fusion": count([inner.fusion, inner.image_to_fusion, inner.ln_final, ours.lm_bias, inner.view_embeddings,
+                         inner.prior_embedding]
                         + ([inner.image_positions] if inner.image_positions is not None else [])),
         "contrastive": count([inner.image_projection, inner.text_projection, inner.logit_scale]),
         "vision": count([inner.vision]),

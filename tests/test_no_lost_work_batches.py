@@ -153,6 +153,7 @@ def test_eval_leaves_out_an_unreadable_test_image_counts_it_and_writes_the_rest(
         path = tmp_path / f"test{i}.png"
         Image.fromarray((np.clip(record["image"], 0, 1) * 255).astype(np.uint8)).save(path)
         record["image"] = str(path)
+        record["images"] = [{"image": str(path), "view": record["view"]}]
     (tmp_path / "test2.png").write_bytes((tmp_path / "test2.png").read_bytes()[:60])
     from medvlm.metrics.nlg import compute_nlg
 

@@ -12,6 +12,7 @@ from medvlm.finetuning import add_lora, exportable
 from medvlm.modeling import MedVLMForConditionalGeneration
 from medvlm.random_towers import save_random_lm
 from medvlm.runs import build_model, build_processor
+from tiny import as_studies
 
 WORDS = ("no acute cardiopulmonary process . heart size is normal . there is a small left pleural effusion . "
          "mild cardiomegaly with right lower lobe opacity . is there an effusion ? yes no").split()
@@ -95,7 +96,7 @@ def test_tokenizer_is_the_lms_and_frames_reports(family):
 def test_forward_loss_and_a_training_step_reach_every_new_parameter(family):
     name, _, processor, model = family
     model.train()
-    out = model(**batch(processor))
+    out = model(**as_studies(batch(processor)))  # studies: view and prior embeddings too
     assert torch.isfinite(out.loss)
     out.loss.backward()
     pretrained = {f"model.text.model.{k}" for k in model.model.text.model.state_dict()}

@@ -13,6 +13,7 @@ from medvlm.finetuning import add_lora, exportable
 from medvlm.modeling import MedVLMForConditionalGeneration
 from medvlm.runs import build_model, build_processor
 from test_vision_towers import save_hf, save_open_clip, save_timm
+from tiny import as_studies
 
 TEXT = "model.text={model_type: gpt2, n_embd: 32, n_layer: 1, n_head: 2}"
 KINDS = {  # name: (writer, image size)
@@ -65,7 +66,7 @@ def test_the_processor_follows_the_encoder(built):
 def test_a_training_step_reaches_every_new_parameter(built):
     name, processor, model, size = built
     model.train()
-    out = model(**inputs(processor, size))
+    out = model(**as_studies(inputs(processor, size)))  # studies: view and prior embeddings too
     out.loss.backward()
     new = [(n, p) for n, p in model.named_parameters() if not n.startswith("model.vision.backbone.")]
     missing = [n for n, p in new if p.grad is None or not p.grad.abs().sum() > 0]

@@ -102,3 +102,15 @@ def write_dicom(path, pixels, *, photometric="MONOCHROME2", bits_stored=12, fram
         ds.PixelData = pixels.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def as_studies(batch: dict) -> dict:
+    """A batch of single images as studies of two slots: the image, and its mirror as a frontal
+    prior, so that the view and prior embeddings are on the gradient's path too."""
+    import torch
+
+    pixels = batch["pixel_values"]  # (B, C, S, S)
+    B = pixels.shape[0]
+    return {**batch, "pixel_values": torch.stack([pixels, pixels.flip(-1)], dim=1),  # (B, 2, C, S, S)
+            "image_views": torch.ones(B, 2, dtype=torch.long),
+            "image_is_prior": torch.tensor([[False, True]] * B)}

@@ -43,7 +43,8 @@ def readable_records(processor: MedVLMProcessor, records: list[dict], bad: BadIt
     """The records whose images (every view, and the prior's) can be read and transformed; the
     others are named in `bad`. Images held as arrays (the built-in data) need no check."""
     def readable(record: dict) -> bool:
-        paths = [image for image, _, _ in study_slots(record, 10**6, 10**6) if isinstance(image, (str, Path))]
+        images = [image for image, _, _ in study_slots(record, 10**6, 10**6)] + [record.get("image")]
+        paths = list(dict.fromkeys(i for i in images if isinstance(i, (str, Path))))  # `image` too: single-image sets read it
         return all(bad.attempt(f"{image} (study {record.get('study_id')})", lambda image=image: processor.images([image]))[0]
                    for image in paths)
 
