@@ -190,8 +190,10 @@ def generate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views", nargs="+", help="view of each study image (default: frontal, then lateral)")
     parser.add_argument("--prior", nargs="+", metavar="PRIOR_IMAGE", help="the prior study's images (implies --study)")
     parser.add_argument("--prior-views", nargs="+", help="view of each prior image (default: frontal, then lateral)")
+    parser.add_argument("--prior-report", help="the prior study's report (its impression), for a model trained with "
+                                               "data.prior_report")
     parser.add_argument("--studies", help="a JSONL file, one study per line: {\"images\": [...], \"views\": [...], "
-                                          "\"prior\": [...], \"prior_views\": [...], \"id\": ...}")
+                                          "\"prior\": [...], \"prior_views\": [...], \"prior_report\": ..., \"id\": ...}")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", help="JSONL output file (default: stdout)")
     parser.add_argument("--num-beams", type=positive_int, default=1)
@@ -243,8 +245,8 @@ def _studies_of(parser, args) -> list[dict] | None:
         return read_study_list(args.studies)
     if not args.images:
         parser.error("give images (or --studies FILE)")
-    if args.study or args.prior:
-        return [command_line_study(args.images, args.views, args.prior, args.prior_views)]
+    if args.study or args.prior or args.prior_report:
+        return [command_line_study(args.images, args.views, args.prior, args.prior_views, args.prior_report)]
     if args.views or args.prior_views:
         parser.error("--views and --prior-views describe a study: add --study (or --prior)")
     return None
@@ -257,6 +259,9 @@ def _generate_studies(model, processor, studies: list[dict], gen: dict, args, ba
     from .processing import stack_images
     from .tasks.report_generation import reports_for_pixels
 
+    if not processor.prior_report and any(s["prior_report"] for s in studies):
+        raise UserError(f"--prior-report: the model at {args.checkpoint} was not trained to read a prior report "
+                        "(data.prior_report: true); leave it out")
     with JsonlStream(args.out) as out:
         for start in range(0, len(studies), args.batch_size):
             kept, items = [], []
@@ -266,7 +271,8 @@ def _generate_studies(model, processor, studies: list[dict], gen: dict, args, ba
                 if ok:
                     kept.append(study)
                     items.append({k: v[0] for k, v in inputs.items()})
-            reports = reports_for_pixels(model, processor, stack_images(items), **gen) if items else []
+            prompts = [s["prior_report"] for s in kept] if processor.prior_report else None
+            reports = reports_for_pixels(model, processor, stack_images(items), prompts, **gen) if items else []
             for study, report in zip(kept, reports):
                 out.write({"id": study["id"], "images": study["images"], "prior": study["prior"], "report": report})
     if args.out:
@@ -372,22 +378,27 @@ def explain_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views", nargs="+", help="view of each study image (default: frontal, then lateral)")
     parser.add_argument("--prior", nargs="+", metavar="PRIOR_IMAGE", help="the prior study's images (implies --study)")
     parser.add_argument("--prior-views", nargs="+", help="view of each prior image")
+    parser.add_argument("--prior-report", help="the prior study's report, for a model trained with data.prior_report")
     args = parser.parse_args(argv)
 
     from .explain.image import explain_image, explain_study
     from .runs import load_trained
 
     model, processor, _ = load_trained(_model_dir(args.checkpoint))
-    if args.study or args.prior:
+    if args.study or args.prior or args.prior_report:
         from .data.study_list import command_line_study
         from .explain.targets import is_classifier
 
         if args.method != "attention" or args.question or is_classifier(model):
             parser.error("a study (--study, --prior) is explained by the report's cross-attention: use a medvlm "
                          "report model with --method attention and no --question")
-        study = command_line_study(args.images, args.views, args.prior, args.prior_views)
+        study = command_line_study(args.images, args.views, args.prior, args.prior_views, args.prior_report)
+        if study["prior_report"] and not processor.prior_report:
+            raise UserError(f"--prior-report: the model at {args.checkpoint} was not trained to read a prior report "
+                            "(data.prior_report: true); leave it out")
         summary = explain_study(model, processor, study["images"], args.out, study["views"], study["prior"],
-                                study["prior_views"], args.layers, args.heads, args.words, args.max_words)
+                                study["prior_views"], args.layers, args.heads, args.words, args.max_words,
+                                prior_report=study["prior_report"])
         print(json.dumps({"images": study["images"], "prior": study["prior"], "files": summary["files"],
                           "text": summary["text"]}))
         return 0

@@ -196,6 +196,8 @@ class DataConfig:
     resize_mode: Literal["pad", "crop"] = "pad"  # medvlm.data.images.RESIZE_MODES
     augment: bool = True
     max_length: int = setting(128, min=8)  # tokens per text; at most the text tower's positions
+    # studies: the report is written after a prompt holding the prior study's impression (MAIRA-2 style)
+    prior_report: bool = False
     tokenizer: str | None = None  # an existing tokenizer directory; default: train one on the train split
     tokenizer_vocab_size: int = setting(1000, min=32)  # an upper bound: small corpora get fewer
     cache_dir: str | None = None  # a `medvlm prepare` cache; images are read from it when set

@@ -48,6 +48,14 @@ def study_slots(record: dict, max_current: int, max_prior: int) -> list[tuple[ob
     return slots
 
 
+def prior_report_text(prior: dict | None) -> str:
+    """What a model that reads the prior's report is shown of it: its impression (short, and
+    what the comparison is usually with), else its whole report; "" without a prior."""
+    if not prior:
+        return ""
+    return (prior.get("impression") or prior.get("text") or "").strip()
+
+
 def is_study_set(records) -> bool:
     """Whether any record has more than one image or a prior: such a set is read as studies."""
     return any(len(record.get("images") or ()) > 1 or record.get("prior") for record in records)
@@ -103,13 +111,16 @@ class MedVLMProcessor(ProcessorMixin):
     image_processor: a `MedVLMImageProcessor`, or the `ImageTransform` it is to wrap.
     max_length: texts (and prompt + answer) are cut to this many tokens, with a warning that
         counts them; it must not exceed the text tower's positions (`limit_max_length`).
+    prior_report: reports are written after a prompt holding the prior study's report
+        (`prior_report_text`; data.prior_report), in training and in generation alike.
     """
 
-    def __init__(self, tokenizer, image_processor, max_length: int = 128):
+    def __init__(self, tokenizer, image_processor, max_length: int = 128, prior_report: bool = False):
         if isinstance(image_processor, ImageTransform):
             image_processor = MedVLMImageProcessor(image_processor)
         super().__init__(tokenizer, image_processor)
         self.max_length = max_length
+        self.prior_report = bool(prior_report)
 
     def limit_max_length(self, positions: int | None) -> "MedVLMProcessor":
         """Lower `max_length` to the model's `max_text_positions()` when it is longer (with a
@@ -136,7 +147,7 @@ class MedVLMProcessor(ProcessorMixin):
     def with_augmentation(self, augment: bool) -> "MedVLMProcessor":
         """A copy whose image transform does (or does not) augment; the tokenizer is shared."""
         settings = {**self.image_transform.to_dict(), "augment": augment}
-        return MedVLMProcessor(self.tokenizer, ImageTransform(**settings), self.max_length)
+        return MedVLMProcessor(self.tokenizer, ImageTransform(**settings), self.max_length, self.prior_report)
 
     def __call__(self, images=None, text: list[str] | None = None, prompts: list[str] | None = None) -> BatchFeature:
         """pixel_values from `images` (see `images`) and input_ids, attention_mask, labels from
@@ -240,7 +251,8 @@ class MedVLMProcessor(ProcessorMixin):
         if not isinstance(image_settings, dict) or "max_length" not in settings:
             raise UserError(f"{settings_file}: expected 'image_processor' and 'max_length' fields")
         tokenizer = load_tokenizer(path) if (path / "tokenizer_config.json").is_file() else None
-        return cls(tokenizer, MedVLMImageProcessor(**image_settings), settings["max_length"])
+        return cls(tokenizer, MedVLMImageProcessor(**image_settings), settings["max_length"],
+                   bool(settings.get("prior_report", False)))
 
 
 # after `import medvlm`, transformers' Auto classes load these from a saved model directory
@@ -316,6 +328,8 @@ class RecordDataset(Dataset):
         item = {**images, "text": record.get("text", "")}
         if record.get("question"):
             item["question"] = record["question"]
+        elif self.processor.prior_report:
+            item["prior_report"] = prior_report_text(record.get("prior"))
         if record.get("labels") is not None:
             item["labels"] = torch.tensor(record["labels"], dtype=torch.float32)  # (14,), NaN = not mentioned
         return item
@@ -360,7 +374,8 @@ class Collator:
         if not items:
             return {}
         texts = [item["text"] for item in items]
-        prompts = [item["question"] for item in items] if "question" in items[0] else None
+        prompt_key = next((k for k in ("question", "prior_report") if k in items[0]), None)
+        prompts = [item[prompt_key] for item in items] if prompt_key else None
         batch = self.processor.texts(texts, prompts)
         batch.update(stack_images(items))
         batch["text_keys"] = torch.tensor([text_key(t) for t in texts])

@@ -69,7 +69,9 @@ def build_processor(cfg: RunConfig, train_records: list[dict]) -> MedVLMProcesso
     training reports (saved under the run directory)."""
     d, m = cfg.data, cfg.model
     if cfg.train.init_from:
-        return MedVLMProcessor.from_pretrained(str(init_from_dir(cfg)))
+        processor = MedVLMProcessor.from_pretrained(str(init_from_dir(cfg)))
+        processor.prior_report = processor.prior_report or d.prior_report
+        return processor
     if cfg.model.architecture == "chexnet":  # image-only: the processor is just the image transform
         in_chans = m.vision.get("in_chans", 1)
         transform = ImageTransform(d.image_size, resize_mode=d.resize_mode, in_chans=in_chans)
@@ -82,7 +84,8 @@ def build_processor(cfg: RunConfig, train_records: list[dict]) -> MedVLMProcesso
         corpus = [r["text"] for r in train_records] + [r["question"] for r in train_records if r.get("question")]
         tokenizer = train_report_tokenizer(corpus, Path(cfg.train.output_dir) / "tokenizer",
                                            vocab_size=d.tokenizer_vocab_size, model_max_length=d.max_length)
-    return MedVLMProcessor(tokenizer, image_transform(cfg, vision_spec(cfg)), max_length=d.max_length)
+    return MedVLMProcessor(tokenizer, image_transform(cfg, vision_spec(cfg)), max_length=d.max_length,
+                           prior_report=d.prior_report)
 
 
 def model_config(cfg: RunConfig, tokenizer) -> MedVLMConfig:

@@ -77,3 +77,16 @@ def test_generate_reads_the_real_iu_studies_as_two_views(pretrained, tmp_path):
         assert main(["generate", "--study", *views, "--views", "PA", "LATERAL", "--checkpoint", str(pretrained),
                      "--out", str(out), "--max-new-tokens", "4"]) == 0
         assert json.loads(out.read_text().splitlines()[0])["images"] == views
+
+
+def test_a_prior_report_for_a_model_that_does_not_read_one_is_refused(pretrained, tmp_path, capsys):
+    frontal = _png(tmp_path / "f.png", 0)
+    assert main(["generate", frontal, "--prior-report", "Small left effusion.", "--checkpoint", str(pretrained)]) == 2
+    assert "not trained to read a prior report" in capsys.readouterr().err
+
+
+def test_a_studies_line_with_a_bad_prior_report_is_named(tmp_path, capsys):
+    studies = tmp_path / "studies.jsonl"
+    studies.write_text('{"images": ["a.png"], "prior_report": 3}\n')
+    assert main(["generate", "--studies", str(studies), "--checkpoint", str(tmp_path)]) == 2
+    assert f"{studies}:1" in capsys.readouterr().err

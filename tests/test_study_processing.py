@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from medvlm.data.images import ImageTransform
 from medvlm.data.records import make_prior, make_record
@@ -81,3 +82,27 @@ def test_shuffled_priors_come_from_other_patients_and_each_is_used_once():
     assert sorted(moved) == sorted(r["prior"]["text"] for r in records if r["prior"])
     assert all(s["prior"]["text"] != r["prior"]["text"] for s, r in zip(shuffled, records) if r["prior"])
     assert [r["text"] for r in shuffled] == [r["text"] for r in records]
+
+
+def test_a_prior_report_processor_trains_and_generates_after_the_prior_impression(tokenizer, tmp_path):
+    processor = MedVLMProcessor(tokenizer, ImageTransform(32), max_length=48, prior_report=True)
+    records = _records()
+    records[0]["prior"]["impression"] = "Small left pleural effusion."
+    dataset = RecordDataset(records, processor)
+    assert dataset[0]["prior_report"] == "Small left pleural effusion." and dataset[1]["prior_report"] == ""
+    batch = Collator(processor)([dataset[0], dataset[1]])
+    sep = tokenizer.sep_token_id
+    for row in range(2):  # the prompt (up to <sep>) is not trained on; the report after it is
+        ids, labels = batch["input_ids"][row], batch["labels"][row]
+        at = int((ids == sep).nonzero()[0])
+        assert (labels[: at + 1] == -100).all() and (labels[at + 1:] != -100).any()
+    processor.save_pretrained(tmp_path)
+    assert MedVLMProcessor.from_pretrained(tmp_path).prior_report
+    model = MedVLMForConditionalGeneration(tiny_config(vocab_size=len(tokenizer))).eval()
+    seen = []
+    original = model.generate
+    model.generate = lambda **kw: seen.append(kw["input_ids"]) or original(**kw)
+    reports = generate_reports(model, processor, records, batch_size=2, max_new_tokens=3)
+    assert len(reports) == 2
+    prompts = processor.prompts(["Small left pleural effusion.", ""], reserve=3)["input_ids"]
+    assert torch.equal(seen[0], prompts)  # each study's report is written after its prior's impression

@@ -1,11 +1,13 @@
 """Studies named on the command line or in a JSONL file, for `medvlm generate` and `explain`.
 
-A study is {"id", "images", "views", "prior", "prior_views"}: image paths of the current study
-(frontal first), their view names ([] = the first frontal, the others lateral), the prior
-study's image paths and views ([] when there is no prior).
+A study is {"id", "images", "views", "prior", "prior_views", "prior_report"}: image paths of
+the current study (frontal first), their view names ([] = the first frontal, the others
+lateral), the prior study's image paths and views ([] when there is no prior), and the prior's
+report text ("" when not given; read by models trained with data.prior_report).
 
 In a studies file each line is one JSON object with "images" (a list of paths, required) and
-optionally "id", "views", "prior", "prior_views"; relative paths are read from the file's folder.
+optionally "id", "views", "prior", "prior_views", "prior_report"; relative paths are read from
+the file's folder.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ from pathlib import Path
 
 from ..errors import UserError
 
-FIELDS = ("id", "images", "views", "prior", "prior_views")
+FIELDS = ("id", "images", "views", "prior", "prior_views", "prior_report")
 
 
 def command_line_study(images: list[str], views: list[str] | None = None, prior: list[str] | None = None,
-                       prior_views: list[str] | None = None) -> dict:
-    """The one study given as FRONTAL [LATERAL ...] --views ... --prior ... --prior-views ...."""
+                       prior_views: list[str] | None = None, prior_report: str | None = None) -> dict:
+    """The one study given as FRONTAL [LATERAL ...] --views ... --prior ... --prior-views ...
+    --prior-report ...."""
     study = {"id": images[0], "images": list(images), "views": list(views or []), "prior": list(prior or []),
-             "prior_views": list(prior_views or [])}
+             "prior_views": list(prior_views or []), "prior_report": prior_report or ""}
     _check_views(study, "--views", "--prior-views")
     return study
 
@@ -56,11 +59,14 @@ def _study_of_line(line: str, where: str, folder: Path) -> dict:
         value = entry.get(field, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise UserError(f"{where}: '{field}' must be a list of strings, got {value!r}")
+    if not isinstance(entry.get("prior_report", ""), str):
+        raise UserError(f"{where}: 'prior_report' must be a string, got {entry['prior_report']!r}")
     if not entry.get("images"):
         raise UserError(f"{where}: 'images' must name at least one image")
     study = {"id": str(entry.get("id", entry["images"][0])),
              "images": [str(folder / p) for p in entry["images"]], "views": entry.get("views", []),
-             "prior": [str(folder / p) for p in entry.get("prior", [])], "prior_views": entry.get("prior_views", [])}
+             "prior": [str(folder / p) for p in entry.get("prior", [])], "prior_views": entry.get("prior_views", []),
+             "prior_report": entry.get("prior_report", "")}
     _check_views(study, f"{where}: 'views'", f"{where}: 'prior_views'")
     return study
 

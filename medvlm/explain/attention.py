@@ -185,8 +185,9 @@ def explain_generation(model, processor, image, question: str | None = None, lay
     device = next(model.parameters()).device
     pixels = processor.images([image]).to(device)  # (1, C, S, S)
     positions = model.max_text_positions() or 10**9
-    if question:
-        prompt = {k: v.to(device) for k, v in processor.prompts([question], reserve=max_new_tokens).items()}
+    # a model trained to write after the prior's report gets an empty one (no prior here)
+    if question or processor.prior_report:
+        prompt = {k: v.to(device) for k, v in processor.prompts([question or ""], reserve=max_new_tokens).items()}
         start = prompt["input_ids"].shape[1]
         sequences = model.generate(pixel_values=pixels, **prompt, do_sample=False,
                                    max_new_tokens=max(1, min(max_new_tokens, positions - start)))

@@ -126,20 +126,24 @@ def _similarity(model, processor, image, out_dir, stem, question, target, negati
 @torch.no_grad()
 def explain_study(model, processor, images: list, out_dir, views=(), prior_images=(), prior_views=(),
                   layers=None, heads=None, words: list[str] | None = None, max_words: int = 24,
-                  max_new_tokens: int = 96) -> dict:
+                  max_new_tokens: int = 96, prior_report: str = "") -> dict:
     """Generate a report for one study and write, per image (current views, then the prior's),
     each word's raw cross-attention over that image; the JSON summary gives every word's share
-    of attention per image (what it read where)."""
+    of attention per image (what it read where). A `prior_report` processor's model writes after
+    the prior's report (`prior_report`)."""
     out_dir = Path(out_dir)
     stem = _stem(images[0])
     device = next(model.parameters()).device
     study = {k: v.to(device) for k, v in processor.study(images, views, prior_images, prior_views).items()}
-    sequences = model.generate(**study, do_sample=False, max_new_tokens=max_new_tokens)
-    text = processor.decode(sequences)[0]
+    prompt = ({k: v.to(device) for k, v in processor.prompts([prior_report], reserve=max_new_tokens).items()}
+              if processor.prior_report else {})
+    start = prompt["input_ids"].shape[1] if prompt else 1
+    sequences = model.generate(**study, **prompt, do_sample=False, max_new_tokens=max_new_tokens)
+    text = processor.decode(sequences, skip_prompt=start)[0]
     inputs = sequences[:, :-1]  # the last token's row predicts nothing
     maps = cross_attention_maps(model, study["pixel_values"], inputs, torch.ones_like(inputs), layers, heads,
                                 study["image_views"], study["image_is_prior"])[0]  # (T, K, h, w)
-    chosen = word_maps(processor.tokenizer, sequences[0], maps)
+    chosen = word_maps(processor.tokenizer, sequences[0], maps, start)
     if words:
         wanted = {w.lower() for w in words}
         chosen = [(w, m) for w, m in chosen if re.sub(r"[^\w-]", "", w.lower()) in wanted]

@@ -17,7 +17,7 @@ from ..metrics.chexpert import change_accuracy, clinical_efficacy, label_generat
 from ..metrics.nlg import compute_nlg
 from ..modeling import compile_on_any_device
 from ..modeling.inference_weights import for_generation
-from ..processing import MedVLMProcessor
+from ..processing import MedVLMProcessor, prior_report_text
 from ..results import TaskResult
 from .embeddings import image_batches, image_embeddings, on_device
 
@@ -44,17 +44,30 @@ def generation_kwargs(cfg: EvalConfig) -> dict:
 
 
 @torch.no_grad()
-def reports_for_pixels(model, processor: MedVLMProcessor, images: torch.Tensor | dict, **gen_kwargs) -> list[str]:
+def reports_for_pixels(model, processor: MedVLMProcessor, images: torch.Tensor | dict, prompts: list[str] | None = None,
+                       **gen_kwargs) -> list[str]:
     """One report per row of a batch: pixels (B, C, S, S), or image inputs of `image_batches`
-    (studies: pixel_values (B, K, C, S, S), image_views, image_is_prior)."""
-    images = images if isinstance(images, dict) else {"pixel_values": images}
-    sequences = model.generate(**on_device(images, model), **gen_kwargs)
-    return processor.decode(sequences)
+    (studies: pixel_values (B, K, C, S, S), image_views, image_is_prior). `prompts`: the prior
+    reports a `prior_report` processor writes after, one per row."""
+    images = on_device(images if isinstance(images, dict) else {"pixel_values": images}, model)
+    if prompts is None and processor.prior_report:  # it was trained to write after a prompt: an empty one
+        prompts = [""] * len(images["pixel_values"])
+    if prompts is None:
+        return processor.decode(model.generate(**images, **gen_kwargs))
+    prompt = processor.prompts(prompts, reserve=gen_kwargs.get("max_new_tokens", 96))
+    device = images["pixel_values"].device
+    sequences = model.generate(**images, **{k: v.to(device) for k, v in prompt.items()}, **gen_kwargs)
+    return processor.decode(sequences, skip_prompt=prompt["input_ids"].shape[1])
 
 
 def generate_reports(model, processor: MedVLMProcessor, records, batch_size: int = 32, **gen_kwargs) -> list[str]:
-    return [report for images in image_batches(records, processor, batch_size)
-            for report in reports_for_pixels(model, processor, images, **gen_kwargs)]
+    """One report per record, in order (each after its prior's report for a `prior_report` processor)."""
+    records, reports = list(records), []
+    for start, images in zip(range(0, len(records), batch_size), image_batches(records, processor, batch_size)):
+        batch = records[start:start + batch_size]
+        prompts = [prior_report_text(r.get("prior")) for r in batch] if processor.prior_report else None
+        reports += reports_for_pixels(model, processor, images, prompts, **gen_kwargs)
+    return reports
 
 
 def baseline_reports(train_records, test_records, seed: int = 0, nearest_neighbour=None) -> dict[str, list[str]]:
