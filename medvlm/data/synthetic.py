@@ -510,14 +510,20 @@ _OPACITY_CENTRES = {  # (x, y) of each lobe's usual opacity on a PA film
 }
 
 
-def _draw_lung_opacity(chest: _Chest, finding: _Finding, rng) -> np.ndarray:
-    frame = chest.frame
-    cx, cy = _OPACITY_CENTRES[finding.zone]
+def _lobe_blob(frame: _Frame, centre: tuple[float, float], finding: _Finding, rng) -> np.ndarray:
+    """A flat-topped blob about a lobe's centre: a lobe fills, then fades at its edge (the same
+    draws in the same order on either film)."""
+    cx, cy = centre
     cx, cy = cx + float(rng.uniform(-0.04, 0.04)), cy + float(rng.uniform(-0.04, 0.04))
     rx, ry = float(rng.uniform(0.18, 0.23)) * finding.extent, float(rng.uniform(0.15, 0.2)) * finding.extent
     radius = _ellipse_radius(frame, cx, cy, rx, ry, float(rng.uniform(-0.5, 0.5)))
     squared = radius * radius
-    blob = np.exp(-1.5 * squared * squared)  # flat-topped: a lobe fills, then fades at its edge
+    return np.exp(-1.5 * squared * squared)
+
+
+def _draw_lung_opacity(chest: _Chest, finding: _Finding, rng) -> np.ndarray:
+    frame = chest.frame
+    blob = _lobe_blob(frame, _OPACITY_CENTRES[finding.zone], finding, rng)
     texture = 0.7 + 0.3 * np.tanh(_smooth_noise(rng, frame, 14))
     amplitude = 0.4 if finding.severity == "dense" else 0.26
     lung = chest.lungs[finding.side]
@@ -835,13 +841,7 @@ _LATERAL_OPACITY_CENTRES = {  # (depth, y) of each lobe's opacity on a lateral f
 
 
 def _lateral_lung_opacity(chest: _LateralChest, finding: _Finding, rng) -> np.ndarray:
-    frame = chest.frame
-    cx, cy = _LATERAL_OPACITY_CENTRES[finding.zone]
-    cx, cy = cx + float(rng.uniform(-0.04, 0.04)), cy + float(rng.uniform(-0.04, 0.04))
-    rx, ry = float(rng.uniform(0.18, 0.23)) * finding.extent, float(rng.uniform(0.15, 0.2)) * finding.extent
-    radius = _ellipse_radius(frame, cx, cy, rx, ry, float(rng.uniform(-0.5, 0.5)))
-    squared = radius * radius
-    blob = np.exp(-1.5 * squared * squared)
+    blob = _lobe_blob(chest.frame, _LATERAL_OPACITY_CENTRES[finding.zone], finding, rng)
     amplitude = 0.36 if finding.severity == "dense" else 0.24
     lung = chest.lungs[finding.side]
     chest.density += amplitude * blob * lung
