@@ -14,6 +14,7 @@ import torch
 from ..config import EvalConfig
 from ..metrics.bootstrap import bootstrap_intervals
 from ..metrics.chexpert import change_accuracy, clinical_efficacy, label_generated_reports, label_reports
+from ..metrics.field_scorers import field_scores
 from ..metrics.nlg import compute_nlg
 from ..modeling import compile_on_any_device
 from ..modeling.inference_weights import for_generation
@@ -110,13 +111,16 @@ def _scored_with_intervals(references, reports, ref_labels, report_labels, cfg: 
 def evaluate_report_generation(model, processor, test_records, train_records, cfg: EvalConfig,
                                test_image_embeds: np.ndarray | None = None) -> TaskResult:
     """NLG and clinical-efficacy metrics with bootstrap intervals (`ci.*`), the same for every
-    baseline (`baselines.<name>.*`); artefact `generations.jsonl`."""
+    baseline (`baselines.<name>.*`); with `eval.field_scorers`, F1-CheXbert / RadGraph-F1 for the
+    model and the nearest-neighbour baseline (`medvlm.metrics.field_scorers`); artefact `generations.jsonl`."""
     references = [r["text"] for r in test_records]
     generator = for_generation(model, cfg.weights)  # the model itself unless eval.weights is bf16/int8
     generated = generate_reports(generator, processor, test_records, cfg.batch_size, **generation_kwargs(cfg))
     ref_labels, gen_labels = label_reports(references), label_generated_reports(generated)
     metrics, intervals = _scored_with_intervals(references, generated, ref_labels, gen_labels, cfg)
     metrics.update({f"ci.{k}" if not k.startswith("ci.") else k: v for k, v in intervals.items()})
+    if cfg.field_scorers:  # F1-CheXbert / RadGraph-F1 where installed with their weights, else "not computed: ..."
+        metrics.update(field_scores(references, generated, cfg.field_scorers, cfg.field_scorer_weights))
     if test_image_embeds is None:
         test_image_embeds = image_embeddings(model, processor, test_records, cfg.batch_size)
     neighbours = (image_embeddings(model, processor, train_records, cfg.batch_size), test_image_embeds)
@@ -125,6 +129,9 @@ def evaluate_report_generation(model, processor, test_records, train_records, cf
                                                    cfg)
         metrics.update({f"baselines.{name}.{k}": v for k, v in scores.items()})
         metrics.update({f"baselines.{name}.ci.{k}": v for k, v in intervals.items() if not k.startswith("ci.")})
+        if cfg.field_scorers and name == "nearest_neighbour":  # the strongest baseline; the scorers are slow
+            scores = field_scores(references, reports, cfg.field_scorers, cfg.field_scorer_weights)
+            metrics.update({f"baselines.{name}.{k}": v for k, v in scores.items()})
     metrics.update(_shuffled_prior_ablation(generator, processor, test_records, references, ref_labels, cfg))
     metrics["num_samples"] = len(test_records)
     return TaskResult(metrics, {"generations.jsonl": _generations_jsonl(test_records, references, generated,
