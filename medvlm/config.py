@@ -184,6 +184,8 @@ Tower = Literal["vision", "text", "fusion"]  # medvlm.finetuning.TOWERS
 Split = Literal["train", "validation", "test"]
 # weights of the model that generates reports (medvlm.modeling.inference_weights.WEIGHT_FORMATS)
 WeightFormat = Literal["fp32", "bf16", "int8"]
+# the field's learnt report scorers eval.py adds where installed (medvlm.metrics.field_scorers.SCORERS)
+FieldScorer = Literal["f1chexbert", "radgraph"]
 
 
 @dataclass
@@ -244,6 +246,9 @@ class TrainConfig:
     log_every: int = setting(10, min=1)
     eval_every: int = setting(500, min=0, note="0 = never")
     eval_samples: int = setting(64, min=1)
+    # stop once this many evaluations in a row have not lowered the validation loss (needs
+    # eval_every > 0 and a validation split); `final` is then the model of the lowest one
+    early_stopping_patience: int | None = setting(None, min=1, note="null = off")
     save_every: int = setting(500, min=0, note="0 = no periodic checkpoints; the final model is saved")
     keep_last: int = setting(2, min=1, note="0 would delete each checkpoint as it is written")
     resume: str | None = None  # None | auto | a checkpoint directory
@@ -281,6 +286,10 @@ class EvalConfig:
     seed: int = setting(0, min=0)
     # how uncertain (-1) labels count in clinical efficacy (medvlm.metrics.chexpert.efficacy)
     uncertain: Literal["negative", "positive", "ignore"] = "negative"
+    # F1-CheXbert / RadGraph-F1 of the reports, from the clinical-scorers extra; a scorer not
+    # installed or without its weights on disk is "not computed: <why>" in metrics.json, never 0
+    field_scorers: list[FieldScorer] = field(default_factory=list)
+    field_scorer_weights: str | None = None  # a folder holding their weights; default: the packages' caches
 
 
 @dataclass

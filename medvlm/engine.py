@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from .checkpointing import (
-    CHECKPOINTS, STATE_FILE, list_checkpoints, load_training_checkpoint, resolve_resume, save_model_dir,
-    write_atomically, write_training_checkpoint,
+    CHECKPOINTS, STATE_FILE, checkpoint_problem, list_checkpoints, load_training_checkpoint, resolve_resume,
+    save_model_dir, write_atomically, write_training_checkpoint,
 )
 from .atomic_files import atomic_write_text
 from .config import RunConfig
@@ -136,6 +136,7 @@ class Trainer:
                 f" ({_counts(self.loading_skips, 'record(s) skipped while loading')}; see the warnings above)"
                 if self.loading_skips else "") + "; check data.root, data.options and data.on_error")
         self.validation_records = validation_records
+        _check_early_stopping(t, validation_records)
         self.evaluate_fn = evaluate_fn
         self.collate = collate or Collator(processor)
         groups = tower_learning_rate_groups(model, model.optimizer_groups(t.weight_decay), t.tower_learning_rates)
@@ -272,10 +273,11 @@ class Trainer:
 
     # -- main loop
     def train(self) -> Path:
-        """Optimizer steps until `train.max_steps`, logging, evaluating and saving as configured;
-        returns the final model directory."""
+        """Optimizer steps until `train.max_steps` (or until `train.early_stopping_patience`
+        evaluations have not lowered the validation loss), logging, evaluating and saving as
+        configured; returns the final model directory."""
         self._start()
-        while self.state.step < self.cfg.train.max_steps:
+        while self.state.step < self.cfg.train.max_steps and not self._patience_spent():
             if not self._optimizer_step():
                 self._handle_nonfinite()
                 continue
@@ -395,11 +397,52 @@ class Trainer:
         self._log({"step": step, **results})
         self.state.history.append({"step": step, **results})
         metric = results.get("val_loss")
-        if metric is not None and (self.state.best_metric is None or metric < self.state.best_metric):
+        if metric is not None and math.isfinite(metric) and (self.state.best_metric is None
+                                                             or metric < self.state.best_metric):
             self.state.best_metric, self.state.best_step = metric, step
+            self._save_best(step)
         if self.is_main:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in results.items() if isinstance(v, float))
             tqdm.write(f"[medvlm] step {step}: {shown}")
+            if self._patience_spent():
+                tqdm.write(f"[medvlm] early stopping at step {step}: val_loss has not improved in "
+                           f"{self.cfg.train.early_stopping_patience} evaluations since step {self.state.best_step} "
+                           f"({self.state.best_metric:.4f})")
+
+    # -- early stopping
+    def _patience_spent(self) -> bool:
+        """`train.early_stopping_patience` evaluations with a validation loss since the best one."""
+        patience, best = self.cfg.train.early_stopping_patience, self.state.best_step
+        if not patience or best is None:
+            return False
+        since = [row for row in self.state.history if row["step"] > best and row.get("val_loss") is not None]
+        return len(since) >= patience
+
+    def _save_best(self, step: int) -> None:
+        """With early stopping, a new best model is kept as a checkpoint (pruning keeps the best),
+        unless the periodic one or `final` will hold this step anyway."""
+        t = self.cfg.train
+        if t.early_stopping_patience and step < t.max_steps and not (t.save_every and step % t.save_every == 0):
+            self.save_checkpoint()
+
+    def _restore_best(self) -> dict | None:
+        """The evaluation `final` is written with: with early stopping the best one, whose weights
+        are loaded back from its checkpoint unless they are the current ones; else the latest."""
+        history, best = self.state.history, self.state.best_step
+        if not self.cfg.train.early_stopping_patience or best is None:
+            return history[-1] if history else None
+        if best != self.state.step:
+            path = self.output_dir / CHECKPOINTS / f"step-{best:07d}"
+            problem = checkpoint_problem(path)
+            if problem:
+                log.warning("early stopping: the best checkpoint %s cannot be read (%s); final/ holds the weights of "
+                            "step %d instead", path, problem, self.state.step)
+                return history[-1]
+            # only the weights matter now: the optimizer, schedule and generators it restores too are not used again
+            load_training_checkpoint(path, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler)
+            print(f"[medvlm] final: the model of step {best}, the lowest val_loss ({self.state.best_metric:.4f}); "
+                  f"training ran to step {self.state.step}")
+        return next(row for row in history if row["step"] == best)
 
     def _finish(self) -> Path:
         """The final model directory, the trainer state and the loss curve."""
@@ -408,13 +451,16 @@ class Trainer:
         self._sync_skipped_items()
         final = self.output_dir / "final"
         if self.is_main:
+            latest = self._restore_best()
             model = exportable(self.accelerator.unwrap_model(self.model))
-            latest = self.state.history[-1] if self.state.history else None
             latest = {k.removeprefix("val_"): v for k, v in latest.items()} if latest else None
             write_atomically(final, lambda tmp: save_model_dir(tmp, model, self.processor, self.cfg, latest))
             atomic_write_text(self.output_dir / STATE_FILE, json.dumps(asdict(self.state), indent=1))
+            stopping = ({"early_stopping": {"best_step": self.state.best_step, "best_val_loss": self.state.best_metric,
+                                            "stopped_early": self.state.step < self.cfg.train.max_steps}}
+                        if self.cfg.train.early_stopping_patience else {})
             update_run_info(self.output_dir, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=self.state.step,
-                            skipped=self.skip_report())
+                            skipped=self.skip_report(), **stopping)
             plot_loss_curve(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curve.png")
             self._print_skips()
         if self.writer is not None:
@@ -448,6 +494,15 @@ class Trainer:
         if loading or training or self.cfg.data.on_error == "skip":
             print(f"[medvlm] train: {_counts(loading, 'record(s) skipped while loading')}, "
                   f"{_counts(training, 'image(s) skipped while training')} (totals in run_info.json)")
+
+
+def _check_early_stopping(train, validation_records) -> None:
+    """train.early_stopping_patience counts evaluations of the validation loss: it needs both."""
+    if train.early_stopping_patience and not (train.eval_every and validation_records):
+        why = "train.eval_every=0" if not train.eval_every else "the validation split is empty"
+        raise UserError(f"train.early_stopping_patience={train.early_stopping_patience} counts evaluations of the "
+                        f"validation loss, but {why}; set train.eval_every > 0 and give validation data (e.g. "
+                        "data.options.validation_fraction), or set train.early_stopping_patience=null")
 
 
 def skipped_while_loading(records) -> dict:

@@ -77,12 +77,14 @@ def test_finetune_eval_and_answer_on_synthetic_questions(pretrained, tmp_path, c
                                       f"train.init_from={pretrained}", "train.max_steps=2", "train.eval_every=2",
                                       "train.save_every=0", *TINY_VQA]) == 0
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert any("val_vqa_overall_acc" in r for r in log)  # the training evaluator answers questions
+    assert any("val_vqa_overall_acc" in r and "val_vqa_open_recall" in r for r in log)  # the evaluator answers
+    assert any("val_loss" in r for r in log)  # and the validation loss (answer tokens) is computed
     final = out / "final"
     assert main(["eval", "--checkpoint", str(final)]) == 0
     metrics = json.loads((final.parent / "final-eval" / "metrics.json").read_text())
-    for key in ("vqa_closed_acc", "vqa_open_acc", "vqa_overall_acc", "vqa_open_f1",
-                "baselines.majority.vqa_closed_acc", "baselines.question_majority.vqa_overall_acc"):
+    for key in ("vqa_closed_acc", "vqa_open_acc", "vqa_overall_acc", "vqa_open_f1", "vqa_closed_acc_likelihood",
+                "vqa_open_recall", "baselines.majority.vqa_closed_acc", "baselines.question_majority.vqa_overall_acc",
+                "baselines.question_majority.vqa_open_recall", "baselines.blank_image.vqa_closed_acc_likelihood"):
         assert key in metrics, key
     rows = [json.loads(line) for line in (final.parent / "final-eval" / "answers.jsonl").read_text().splitlines()]
     assert len(rows) == metrics["num_samples"] and {"question", "answer", "predicted"} <= set(rows[0])
@@ -101,7 +103,7 @@ def test_finetune_eval_and_answer_on_synthetic_questions(pretrained, tmp_path, c
 
 
 @pytest.mark.skipif(not VQA_RAD_SAMPLE.is_dir(), reason="../shared/data/vqa_rad_sample is absent")
-def test_vqa_rad_sample_loads_and_fine_tunes_one_epoch(pretrained, tmp_path):
+def test_vqa_rad_sample_loads_fine_tunes_one_epoch_and_scores_the_validation_images(pretrained, tmp_path):
     from medvlm.data.vqa import load_vqa_rad
 
     records = load_vqa_rad(VQA_RAD_SAMPLE, validation_fraction=0.2)
@@ -116,7 +118,16 @@ def test_vqa_rad_sample_loads_and_fine_tunes_one_epoch(pretrained, tmp_path):
                  "data.options={validation_fraction: 0.2}", f"train.init_from={pretrained}",
                  f"train.output_dir={out}", f"train.batch_size={batch_size}",
                  f"train.max_steps={math.ceil(len(train) / batch_size)}",  # one epoch
-                 "train.eval_every=0", "train.save_every=0", *overrides]) == 0
+                 "train.eval_every=3", "train.save_every=0", *overrides]) == 0  # the preset's early stopping on
     assert (out / "final" / "model.safetensors").is_file()
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in log if "loss" in r)
+    assert any(math.isfinite(r.get("val_loss", math.nan)) for r in log)
+    assert json.loads((out / "run_info.json").read_text())["early_stopping"]["best_step"] in (3, 6)
+    # the preset's eval.split is validation: the held-out images, scored against baselines fitted on train
+    assert main(["eval", "--checkpoint", str(out / "final")]) == 0
+    metrics = json.loads((out / "final-eval" / "metrics.json").read_text())
+    held_out = [r for r in records if r["split"] == "validation"]
+    assert metrics["num_samples"] == len(held_out)
+    assert {Path(r["image"]).name for r in held_out}.isdisjoint(Path(r["image"]).name for r in train)
+    assert metrics["vqa_closed_candidates"] >= 2 and metrics["vqa_closed_acc_likelihood"] is not None

@@ -1,5 +1,7 @@
-"""VQA scores: exact-match accuracy of normalised answers (closed, open, overall) and token F1
-of open answers, plus the majority-answer baselines they are read beside.
+"""VQA scores: exact-match accuracy of normalised answers (closed, open, overall) and, for open
+answers, token recall (as LLaVA-Med reports it) and token F1 (as MedGemma reports it); the
+candidate answers closed questions are scored against by likelihood; and the majority-answer
+baselines they are read beside.
 
 Answers are compared after `normalize_answer` (case, punctuation, articles, number words,
 yes/no synonyms).
@@ -45,22 +47,40 @@ def normalize_answer(answer) -> str:
     return s
 
 
-def token_f1(prediction: str, reference: str) -> float:
-    """SQuAD-style F1 of the normalised answers' word multisets (1.0 when both are empty)."""
+def _common_words(prediction: str, reference: str) -> tuple[int, int, int]:
+    """(words the normalised answers share, counted as multisets; prediction words; reference words)."""
     pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
+    return sum((Counter(pred) & Counter(ref)).values()), len(pred), len(ref)
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style F1 of the normalised answers' word multisets (1.0 when both are empty), the
+    open-question "token F1" of MedGemma's VQA-RAD / SLAKE figures."""
+    common, n_pred, n_ref = _common_words(prediction, reference)
+    if not n_pred or not n_ref:
+        return float(n_pred == n_ref)
     if common == 0:
         return 0.0
-    precision, recall = common / len(pred), common / len(ref)
+    precision, recall = common / n_pred, common / n_ref
     return 2 * precision * recall / (precision + recall)
 
 
+def token_recall(prediction: str, reference: str) -> float:
+    """Share of the reference answer's words (normalised, as a multiset) that the prediction
+    contains: the open-question "recall" of LLaVA-Med's VQA-RAD / SLAKE figures. Extra predicted
+    words cost nothing (a long answer is not penalised; read it beside `token_f1`). An empty
+    reference scores 1.0 for an empty prediction, else 0.0."""
+    common, n_pred, n_ref = _common_words(prediction, reference)
+    if not n_ref:
+        return float(not n_pred)
+    return common / n_ref
+
+
 def vqa_scores(predictions: list[str], answers: list[str], answer_types: list[str], prefix: str = "vqa") -> dict:
-    """`<prefix>_closed_acc`, `_open_acc`, `_overall_acc` (normalised exact match) and
-    `_open_f1` (mean token F1 over open questions), with the question counts. An accuracy over
-    no questions is None."""
+    """`<prefix>_closed_acc`, `_open_acc`, `_overall_acc` (normalised exact match),
+    `_open_recall` (mean `token_recall`, LLaVA-Med's open figure) and `_open_f1` (mean
+    `token_f1`, MedGemma's) over open questions, with the question counts. A mean over no
+    questions is None."""
     if not (len(predictions) == len(answers) == len(answer_types)):
         raise ValueError("predictions, answers and answer_types must have the same length")
     exact = np.array([normalize_answer(p) == normalize_answer(a) for p, a in zip(predictions, answers)], dtype=float)
@@ -71,10 +91,12 @@ def vqa_scores(predictions: list[str], answers: list[str], answer_types: list[st
         return float(values[where].mean()) if where.any() else None
 
     f1 = np.array([token_f1(p, a) if t == "open" else np.nan for p, a, t in zip(predictions, answers, kinds)])
+    recall = np.array([token_recall(p, a) if t == "open" else np.nan for p, a, t in zip(predictions, answers, kinds)])
     return {
         f"{prefix}_closed_acc": mean(exact, closed),
         f"{prefix}_open_acc": mean(exact, opened),
         f"{prefix}_overall_acc": mean(exact, np.ones(len(exact), dtype=bool)),
+        f"{prefix}_open_recall": mean(recall, opened),
         f"{prefix}_open_f1": mean(f1, opened),
         f"{prefix}_num_closed": int(closed.sum()),
         f"{prefix}_num_open": int(opened.sum()),
@@ -107,3 +129,19 @@ def majority_answers(train_questions: list[str], train_answers: list[str], train
     question_majority = [by_question[normalize_answer(q)].most_common(1)[0][0]
                          if normalize_answer(q) in by_question else typed(t) for q, t in zip(questions, types)]
     return {"majority": majority, "question_majority": question_majority}
+
+
+def closed_candidates(train_answers: list[str], train_types: list[str], min_count: int = 2) -> list[str]:
+    """The answers a closed question is scored against by likelihood: every normalised answer
+    given to at least `min_count` closed training questions (yes and no, and e.g. "left",
+    "axial"), most frequent first, each spelt as it was most often written in training (the
+    text the model was trained to write)."""
+    counts: Counter = Counter()
+    spellings: dict[str, Counter] = {}
+    for answer, kind in zip(train_answers, train_types):
+        if str(kind).lower() != "closed" or not normalize_answer(answer):
+            continue
+        key = normalize_answer(answer)
+        counts[key] += 1
+        spellings.setdefault(key, Counter())[str(answer).strip()] += 1
+    return [spellings[key].most_common(1)[0][0] for key, n in counts.most_common() if n >= min_count]

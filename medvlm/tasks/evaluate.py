@@ -2,7 +2,8 @@
 
 - CheXNet: AUROC per label and mean; on synthetic data also Grad-CAM (and HiResCAM) pointing
   game / IoU.
-- VQA data (records with questions): closed/open accuracy and open F1 beside majority baselines.
+- VQA data (records with questions): closed accuracy (generated, and by candidate likelihood), open
+  exact match, token recall and token F1, beside majority and blank-image baselines.
 - Report model: report generation (`report_generation`), plus retrieval R@K, zero-shot AUROC and,
   on synthetic data, localisation of cross-attention over each finding's phrase (raw,
   `explain_*`; gradient-weighted, `explain_attngrad_*`; raw over the naming words alone,
@@ -24,8 +25,10 @@ EXPLAIN_STUDIES = 100  # synthetic test studies with findings scored for localis
 TITLES = {"chexnet": "medvlm CheXNet classification", "vqa": "medvlm VQA", "report": "medvlm report generation"}
 SHOWN = {
     "chexnet": ["auroc_mean", "explain_pointing_game", "explain_iou", "explain_hirescam_pointing_game"],
-    "vqa": ["vqa_closed_acc", "vqa_open_acc", "vqa_overall_acc", "vqa_open_f1",
-            "baselines.majority.vqa_overall_acc", "baselines.question_majority.vqa_overall_acc"],
+    "vqa": ["vqa_closed_acc", "vqa_closed_acc_likelihood", "vqa_open_acc", "vqa_open_recall", "vqa_open_f1",
+            "vqa_overall_acc", "baselines.majority.vqa_overall_acc", "baselines.question_majority.vqa_closed_acc",
+            "baselines.question_majority.vqa_open_acc", "baselines.question_majority.vqa_overall_acc",
+            "baselines.blank_image.vqa_closed_acc_likelihood", "baselines.blank_image.vqa_open_acc"],
     "report": ["bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "ce_micro_f1", "ce_macro_f1", "i2t_r5", "t2i_r5",
                "zs_auroc_mean", "explain_pointing_game", "explain_attngrad_pointing_game",
                "explain_gradcam_pointing_game", "explain_hirescam_pointing_game"],
