@@ -189,7 +189,7 @@ def _clause_changes(tokens: list[str]) -> list[tuple[str, str]]:
         return []
     overlaps = lambda cue: any(cue.start < c.end and c.start < cue.end for c in changes)  # noqa: E731
     cues = [c for c in cues if not overlaps(c)]  # "no change in", "has resolved": changes, not negations
-    chosen = _assign(mentions, changes, tokens, [c for c in cues if c.kind in ("neg", "unc", "weak")])
+    chosen = _assign(mentions, changes, tokens, [c for c in cues if c.kind in ("neg", "unc", "weak", "lean")])
     found = []
     for mention in mentions:
         change = chosen.get(id(mention))

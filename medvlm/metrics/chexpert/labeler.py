@@ -11,12 +11,15 @@ positive) from cue phrases with limited scope, and aggregation per report.
 2. Mentions: phrase lists per observation (modelled on the CheXpert/NegBio lists), matched
    longest-first on whole tokens, after exclusions that stop look-alikes ("pericardial effusion"
    is not a pleural effusion, a "lytic lesion" is not a lung lesion, "vertebral collapse" is not
-   atelectasis). Heart and mediastinum size are read as subject + attribute ("heart size is
-   normal", "mildly enlarged cardiac silhouette", "the heart and mediastinum are within normal
-   limits"): an "enlarged" attribute is a positive mention, a "normal" attribute a negative one
-   (as CheXpert labels "normal heart size" 0); "cardiomediastinal silhouette ... normal" is
-   negative for both Enlarged Cardiomediastinum and Cardiomegaly, while an *enlarged*
-   cardiomediastinal silhouette is positive for Enlarged Cardiomediastinum only. Laterality and
+   atelectasis, a "lesion of the rib" is not a lung lesion, a "fractured lead" is not a
+   fracture). A "nodular density" is an opacity, not a nodule; a device's "tip", "leads" (external
+   monitor leads too), a "generator", "markers" and anything "prosthetic" are Support Devices.
+   Heart and mediastinum size are read as subject + attribute ("heart size is normal", "mildly
+   enlarged cardiac silhouette", "the heart and mediastinum are within normal limits"): an
+   "enlarged" attribute is a positive mention, a "normal" attribute a negative one (as CheXpert
+   labels "normal heart size" 0); "cardiomediastinal silhouette ... normal" is
+   negative for both Enlarged Cardiomediastinum and Cardiomegaly, and an *enlarged* one positive
+   for both (the heart is most of it: IU's annotators index it as cardiomegaly). Laterality and
    size words ("left", "bilateral", "small") are not part of any phrase, so they never change a
    label.
 3. Classification by cues, matched before mentions and in this order (a token used by one cue is
@@ -24,20 +27,26 @@ positive) from cue phrases with limited scope, and aggregation per report.
    they negate nothing, so "no change in the left effusion" is positive); double negations that
    mean uncertainty ("cannot exclude", "cannot be excluded", "not ruled out", "difficult to
    exclude"); negations ("no", "not", "without", "negative for", "free of", "clear of",
-   "absence of", "resolution of", "removal of", and after the mention "not seen", "has
-   resolved", "is absent", "have been removed", "is clear"); uncertainty ("may", "might",
-   "could", "possible", "probable", "likely", "questionable", "suspected", "concern for",
-   "suggest...", "versus", "borderline", "equivocal", and after the mention "is possible",
-   "is likely", "?").
+   "absence of", "resolution of", "removal of", "clearing of", "history of", and after the
+   mention "not seen", "may not be demonstrated", "has resolved", "is absent", "have been
+   removed", "is clear", "appear within normal limits"); uncertainty ("may", "might", "could",
+   "possible", "questionable", "question", "suspected", "concern for", "correlate clinically
+   for", "versus", "and/or", "differential diagnosis includes", "borderline", "equivocal", and
+   after the mention "is possible", "would be a consideration", "suspected", "?").
+   High-confidence hedges are positive, as in the CheXpert labeler's lists and the IU
+   annotations: "probable", "probably", "likely" negate nothing and shield what follows from an
+   earlier negation ("No effusion, probable atelectasis": the atelectasis is positive);
+   "suggestive of", "suggesting", "indicative of" pass on a governing negation or uncertainty
+   ("no findings to suggest pneumonia" is negative, "may be suggestive of pneumonia" uncertain)
+   and are positive otherwise; "concerning for", "suspicious for" keep a governing negation and
+   are uncertain otherwise.
    A cue before a mention governs it when it is the nearest cue before it in the clause, within
-   its reach (12 tokens for "no"/"without", 4 for "not", ...), and the scope has not been
-   closed: after a finding has been named, a finite verb ("No effusion is seen and ..."), "with",
-   "and" + a state word ("and stable ..."), or ", new|stable|..." closes it. So a negated list
-   ("no effusion, consolidation or pneumothorax") negates every item, and "No effusion but there
-   is a new opacity" leaves the opacity positive. A cue after a mention governs it when no
-   finite verb stands between them. Weak uncertainty cues ("suggest", "concerning for",
-   "suspicious for") inside a negation's scope keep the negation: "no findings to suggest
-   pneumonia" is negative.
+   its reach (12 tokens for "no"/"without", 4 for "not", ...; the findings of a list do not use
+   up the reach), and the scope has not been closed: after a finding has been named, a finite
+   verb ("No effusion is seen and ..."), "with", "and" + a state word ("and stable ..."), or
+   ", new|stable|..." closes it. So a negated list ("no effusion, consolidation or pneumothorax")
+   negates every item, and "No effusion but there is a new opacity" leaves the opacity positive.
+   A cue after a mention governs it when no finite verb stands between them.
 4. Aggregation as CheXpert: positive beats uncertain beats negative across mentions; no mention
    leaves the observation blank (NaN); a positive or uncertain "CHF"/"heart failure" also adds an
    uncertain Cardiomegaly (CheXpert's exception); No Finding is 1 when no observation other
@@ -90,7 +99,7 @@ MENTIONS: dict[str, list[str]] = {
     ],
     "Lung Lesion": [
         r"nodule" + _PL,
-        r"nodular (?:density|densities|opacity|opacities|opacification|lesion|lesions|focus|foci)",
+        r"nodular (?:lesion|lesions|focus|foci)",
         r"nodularity",
         r"mass(?:es)?",
         r"(?:mass )?lesion" + _PL,
@@ -99,7 +108,6 @@ MENTIONS: dict[str, list[str]] = {
         r"carcinoma" + _PL,
         r"malignancy|malignancies",
         r"cavitary (?:lesion|lesions|mass|nodule)",
-        r"cavitation",
         r"lump",
         r"metastas[ie]s|metastatic disease",
     ],
@@ -113,7 +121,9 @@ MENTIONS: dict[str, list[str]] = {
         r"haziness",
         r"hazy(?: (?:opacity|opacities|density|densities|appearance|lung|lungs|airspace))?",
         r"air ?space (?:disease|process|opacity|opacities|filling)",
-        r"densit(?:y|ies)",
+        r"(?:radio)?densit(?:y|ies)",
+        # IU's annotators index "nodular density" as Density / Opacity, not as a nodule
+        r"nodular (?:density|densities|opacity|opacities|opacification)",
         r"ground glass(?: opacity| opacities| attenuation)?",
         r"reticular (?:pattern|markings|opacity|opacities|changes)",
         r"reticulonodular(?: (?:pattern|opacity|opacities|markings|changes))?",
@@ -129,9 +139,14 @@ MENTIONS: dict[str, list[str]] = {
         r"(?:pulmonary )?vascular (?:engorgement|prominence|redistribution|indistinctness)",
         r"cephalization",
         r"kerley(?: b)? lines",
-        r"interstitial (?:prominence|thickening|edema)",
-        r"(?:prominent|engorged|indistinct) (?:pulmonary )?(?:vasculature|vessels|vascular markings)",
-        r"(?:prominence|engorgement|indistinctness) of the (?:pulmonary )?(?:vasculature|vessels|vascular markings)",
+        r"interstitial (?:thickening|edema)",
+        r"(?:prominent|engorged|indistinct|increased) (?:central )?(?:pulmonary |lung )?"
+        r"(?:vasculature|vessels|vascular markings|vascularity)",
+        r"(?:prominence|engorgement|indistinctness) of the (?:central )?(?:pulmonary )?"
+        r"(?:vasculature|vessels|vascular markings|vascularity)",
+        r"(?:pulmonary |lung )?(?:vasculature|vascularity) (?:is |are |appears |appear )"
+        r"(?:mildly |slightly |somewhat )?(?:prominent|engorged|indistinct|increased)",
+        r"(?:pulmonary )?venous hypertension",  # the radiograph's name for venous congestion
         r"(?:fluid|volume) overload",
     ],
     "Consolidation": [
@@ -167,8 +182,8 @@ MENTIONS: dict[str, list[str]] = {
         r"pleural (?:thickening|scar|scars|scarring|plaque|plaques|calcification|calcifications|reaction|abnormality|"
         r"abnormalities|disease|mass|masses)",
         r"pleural based (?:opacity|opacities|density|densities|thickening|scarring)",
-        r"pleural parenchymal (?:scar|scarring|thickening|opacity|opacities|change|changes)",
-        r"pleuroparenchymal (?:scar|scarring|thickening|opacity|opacities|change|changes)",
+        r"pleural parenchymal (?:scar|scarring|thickening)",  # a "pleural parenchymal opacity" is an opacity
+        r"pleuroparenchymal (?:scar|scarring|thickening)",
         r"fibrothorax",
         r"(?:apical|biapical) (?:pleural )?(?:thickening|cap|caps|capping)",
         r"thickening of the pleura",
@@ -209,6 +224,15 @@ MENTIONS: dict[str, list[str]] = {
         r"(?:embolization )?coils?",
         r"shunt" + _PL,
         r"(?:shunt )?tubing",
+        # a "tip" on a chest film is a line's or tube's tip ("right chest XXXX tip in the SVC")
+        r"tips?",
+        r"leads|electrodes?",
+        r"(?:pulse )?generator" + _PL,
+        r"tracheostomy",
+        r"prosthetic",
+        r"markers?",
+        r"(?:bone |suture )?anchors?",
+        r"occluder" + _PL,
     ],
 }
 
@@ -225,14 +249,18 @@ EXCLUSIONS = [
     r"(?:granulomatous) (?:infection|infections|disease)",
     r"(?:signs|symptoms|history) of (?:infection|pneumonia)",
     r"breast (?:prosthesis|prostheses|implant|implants)",
-    r"(?:bone|soft tissue|breast|calcified|calcific) (?:density|densities|opacity|opacities)",
+    r"(?:bone|bony|osseous|sclerotic|breast) (?:density|densities|opacity|opacities)",
     r"(?:compression|vertebral|vertebral body|vertebra|vertebrae) (?:collapse|deformity|deformities)",
     r"collapse of the (?:vertebral body|vertebra|vertebrae)",
     r"(?:soft tissue|subcutaneous|chest wall|extremity) edema",
-    r"(?:ekg|ecg|telemetry|monitoring|cardiac monitoring|external) "
-    r"(?:leads|lead|wires|wire|electrodes|electrode|device|devices)",
+    r"(?:scapular|scapula|lingular|lung) tips?",
     r"(?:nipple|breast) (?:shadow|shadows)",
     r"pleural (?:line|lines)",  # the visceral pleural line of a pneumothorax description
+    # a lesion of a bone, a broken device: not a lung lesion, not a fracture
+    r"(?:lesion|lesions|mass|masses) (?:of|in|within|involving) the (?:[a-z0-9]+ ){0,4}(?:rib|ribs|clavicle|"
+    r"clavicles|scapula|humerus|humeral head|spine|vertebra|vertebrae|vertebral body|sternum|bone|bones)",
+    r"(?:(?<=screw )|(?<=wire )|(?<=lead )|(?<=catheter ))fractures?|"
+    r"fractured(?= (?:[a-z]+ )?(?:lead|leads|wire|wires|screw|screws|catheter|hardware)(?!\S))",
 ]
 
 # Heart / mediastinum size: a subject and the nearest size attribute.
@@ -252,9 +280,13 @@ _SIZE_FORWARD, _SIZE_BACKWARD = 8, 3
 
 # ================================================================== cues
 # (pattern, kind, direction, reach): kind neg | unc | weak (uncertainty that a governing negation
-# overrides) | pseudo (negates nothing, but shields what follows from earlier cues) | none
-# (consumed only); direction pre (governs mentions after it), post (before it) or both;
-# reach = the most tokens between cue and mention.
+# overrides) | lean (a finding suggested: positive, but a governing negation or uncertainty
+# passes through it, "no findings to suggest pneumonia") | pseudo (negates nothing, but shields
+# what follows from earlier cues) | none (consumed only); direction pre (governs mentions after
+# it), post (before it) or both; reach = the most tokens between cue and mention.
+# High-confidence hedges ("probable", "likely", "suggestive of") state the finding, as in the
+# CheXpert labeler's lists, which leave "likely" and "suggestive of" positive; the IU annotators
+# index "probable X" as X as well. Low-confidence ones ("may", "possible", "versus") are uncertain.
 
 _ADV = r"(?:entirely |completely |totally |definitely |definitively |fully |reliably |confidently |be )*"
 CUES: list[tuple[str, str, str, int]] = [
@@ -270,35 +302,48 @@ CUES: list[tuple[str, str, str, int]] = [
     (r"(?:(?:is|are|was|were) )?(?:cannot|could not|can not|unable to|not able to|difficult to|hard to|not|"
      r"may not|would not) " + _ADV +
      r"(?:exclude|excluded|rule out|ruled out|eliminate|eliminated)", "unc", "both", 10),
+    (r"(?:(?:is|are|was|were) )?(?:unlikely|less likely|not likely)", "unc", "both", 6),  # before "not"
     # 3. negations
     (r"(?:is |are |was |were |has been |have been )?(?:now )?no longer (?:clearly |well |definitely )?"
      r"(?:seen|identified|visualized|visible|appreciated|present|evident|demonstrated|noted|detected|apparent)",
      "neg", "post", 8),
-    (r"(?:is |are |was |were |has been |have been )?(?:now )?not (?:clearly |well |definitely |convincingly |"
-     r"currently |again |otherwise |radiographically )?(?:seen|identified|visualized|visible|appreciated|present|"
-     r"evident|demonstrated|noted|detected|apparent|observed|shown)", "neg", "post", 8),
+    (r"(?:is |are |was |were |has been |have been |may |might |will |would )?(?:now )?not (?:be )?"
+     r"(?:clearly |well |definitely |convincingly |currently |again |otherwise |radiographically )?"
+     r"(?:seen|identified|visualized|visible|appreciated|present|evident|demonstrated|noted|detected|apparent|"
+     r"observed|shown)", "neg", "post", 8),
     (r"(?:has |have |had )(?:since |subsequently |completely |nearly |almost |now |largely |essentially )?"
      r"(?:resolved|cleared|disappeared|been removed|been withdrawn)", "neg", "post", 8),
     (r"(?:is |are |was |were )?(?:now )?(?:absent|excluded|ruled out|gone)", "neg", "post", 6),
     (r"(?:is |are |was |were )(?:now )?(?:clear|cleared)(?! of)", "neg", "post", 8),
+    (r"(?:(?:is|are|appears|appear|remains|remain) )?(?:(?:grossly|otherwise|again) )?within "
+     r"(?:the )?(?:normal limits|limits of normal|normal range)", "neg", "post", 4),
     (r"resolved|cleared|disappeared", "neg", "both", 3),
     (r"removed", "neg", "post", 6),
     (r"negative for|free of|clear of|absence of|without|rather than", "neg", "pre", 12),
     (r"no", "neg", "pre", 12),
-    (r"(?:interval )?(?:resolution|removal|withdrawal) of", "neg", "pre", 6),
+    (r"(?:interval )?(?:resolution|removal|withdrawal|clearing) of", "neg", "pre", 6),
+    (r"history of", "neg", "pre", 4),  # the clinical history, not this film (as the CheXpert labeler reads it)
     (r"not|nor|neither", "neg", "pre", 4),
     # 4. uncertainty
-    (r"suggest|suggests|suggested|suggesting|suggestive of|to suggest|concerning for|suspicious for|"
-     r"to indicate|indicative of", "weak", "pre", 10),
-    (r"(?:is |are |was |were )(?:also |more |less |most |thought )?(?:possible|likely|unlikely|suspected|questioned|"
-     r"favored|considered|a possibility|a consideration|in the differential)", "unc", "post", 6),
+    (r"concerning for|suspicious for|worrisome for", "weak", "pre", 10),
+    (r"suggest|suggests|suggested|suggesting|suggestive of|to suggest|to indicate|indicative of", "lean", "pre", 10),
+    (r"(?:is |are |was |were |would be |may be |remains )(?:also |more |thought )?(?:possible|"
+     r"suspected|questioned|favored|considered|a possibility|a consideration|another consideration|"
+     r"in the differential)", "unc", "post", 6),
+    (r"(?:is |are |was |were )(?:most |more |also )?(?:likely|probable)", "none", "post", 6),
+    (r"(?:most |more )?(?:likely|probable|probably)", "pseudo", "pre", 10),
     (r"(?:may|might|could) be (?:present|seen|considered)", "unc", "post", 6),
     (r"\?", "unc", "post", 12),
     (r"versus|vs|and or", "unc", "both", 4),
-    (r"may|might|could|possible|possibly|probable|probably|likely|unlikely|questionable|questionably|"
-     r"question of|suspected|suspect|suspicion of|suspicion for|concern for|equivocal|indeterminate|"
-     r"borderline|uncertain|unclear|differential|consider|considered|presumed|presumably|"
-     r"evaluate for|evaluation for|assess for|rule out|r o|cannot be assessed", "unc", "pre", 10),
+    # a differential diagnosis lists its candidates at length
+    (r"differential(?: (?:diagnosis|diagnoses|considerations?))?(?: (?:includes?|including|is|are))?",
+     "unc", "pre", 20),
+    (r"suspected", "unc", "both", 6),
+    (r"may|might|could|possible|possibly|questionable|questionably|"
+     r"question of|question|suspect|suspicion of|suspicion for|concern for|equivocal|"
+     r"borderline|uncertain|unclear|consider|considered|presumed|presumably|"
+     r"evaluate for|evaluation for|assess for|rule out|r o|cannot be assessed|possibility of|"
+     r"correlate clinically for|clinically correlate for|clinical correlation for", "unc", "pre", 10),
 ]
 
 # After a finding has been named inside a cue's scope, these close the scope.
@@ -384,19 +429,34 @@ class Span:
     text: str = ""
 
 
+class _Claims(list):
+    """A clause's mask of claimed tokens; every write drops the clause's cached text."""
+
+    def __init__(self, clause: "_Clause", size: int):
+        super().__init__([False] * size)
+        self.clause = clause
+
+    def __setitem__(self, index, value):
+        super().__setitem__(index, value)
+        self.clause.cached_text = None
+
+
 class _Clause:
     """A clause's tokens as one space-joined string, with a mask of tokens already claimed."""
 
     def __init__(self, tokens: list[str]):
         self.tokens = tokens
-        self.claimed = [False] * len(tokens)
+        self.cached_text: str | None = None  # the text is read once per pattern: build it once per claim
+        self.claimed = _Claims(self, len(tokens))
         self.offsets, position = [], 0
         for token in tokens:
             self.offsets.append(position)
             position += len(token) + 1
 
     def text(self) -> str:
-        return " ".join("_" * len(t) if c else t for t, c in zip(self.tokens, self.claimed))
+        if self.cached_text is None:
+            self.cached_text = " ".join("_" * len(t) if c else t for t, c in zip(self.tokens, self.claimed))
+        return self.cached_text
 
     def find(self, regex: re.Pattern) -> list[tuple[int, int]]:
         """Token spans of non-overlapping matches on unclaimed tokens."""
@@ -475,6 +535,8 @@ def _size_mentions(clause: _Clause) -> list[Span]:
                 best = (i - end, i, label)
                 break
         for i in range(start - 1, max(-1, start - 1 - _SIZE_BACKWARD), -1):
+            if tokens[i] == ",":
+                break  # "heart size moderately enlarged, stable mediastinal contours": the heart's attribute
             label = _size_attribute(tokens[i])
             if label is not None and (best is None or start - 1 - i < best[0]):
                 best = (start - 1 - i, i, label)
@@ -488,9 +550,6 @@ def _size_mentions(clause: _Clause) -> list[Span]:
             label = NEGATIVE
         if label == POSITIVE and set(inside) & {"may", "might", "could", "possibly", "borderline", "questionably"}:
             label = UNCERTAIN
-        if label == POSITIVE and ECM in observations and CARDIOMEGALY in observations and \
-                re.fullmatch(r"cardiomediastin.*", tokens[start]):
-            observations = (ECM,)  # an enlarged cardiomediastinal silhouette: ECM only
         # the attribute words are part of this mention; the subject's own tokens stay claimed
         clause.claim(at, at + 1)
         mentions.append(Span(lo, hi, "mention", tuple(observations), preset=None if label == POSITIVE else label,
@@ -514,9 +573,13 @@ def _in_scope(cue: Span, target: Span, tokens: list[str], mentions: list[Span]) 
     """Whether a cue reaches a target (a mention or another cue) in the same clause."""
     if cue.end <= target.start and cue.direction in ("pre", "both"):
         gap = range(cue.end, target.start)
-        if len(gap) > cue.reach or (cue.direction == "both" and "," in tokens[cue.end:target.start]):
+        inside = [m for m in mentions if m.start >= cue.end and m.end <= target.start]
+        # the findings of a negated list do not use up the reach ("without evidence of focal
+        # consolidation, suspicious pulmonary opacity, large pleural effusion, or pneumothorax")
+        if len(gap) - sum(m.end - m.start for m in inside) > cue.reach or \
+                (cue.direction == "both" and "," in tokens[cue.end:target.start]):
             return False
-        named = [m.end for m in mentions if m.start >= cue.end and m.end <= target.start]
+        named = [m.end for m in inside]
         for i in gap:
             if not any(e <= i for e in named):
                 continue  # nothing named yet: the scope is still open
@@ -549,10 +612,13 @@ def _classify(mention: Span, cues: list[Span], tokens: list[str], mentions: list
         return mention.preset
     kinds = set()
     pre = _governing(mention, [c for c in cues if c.kind != "none"], tokens, mentions, before=True)
-    if pre is not None and pre.kind == "weak":
+    if pre is not None and pre.kind in ("weak", "lean"):
         outer = _governing(pre, [c for c in cues if c.kind in ("neg", "unc", "pseudo") and c.end <= pre.start],
                            tokens, mentions, before=True)
-        kinds.add("neg" if outer is not None and outer.kind == "neg" else "unc")
+        if outer is not None and outer.kind == "neg":
+            kinds.add("neg")
+        elif pre.kind == "weak" or (outer is not None and outer.kind == "unc"):
+            kinds.add("unc")
     elif pre is not None:
         kinds.add(pre.kind)
     post = _governing(mention, [c for c in cues if c.kind in ("neg", "unc")], tokens, mentions, before=False)
