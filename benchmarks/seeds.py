@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # (metrics.json key, README name, target: (">=", value) or None)
@@ -30,7 +32,9 @@ FIGURES = (
     ("ce_micro_f1", "CE micro-F1, model", None),
     ("baselines.nearest_neighbour.ce_micro_f1", "CE micro-F1, nearest-neighbour report", None),
     ("ce_micro_f1_minus_nearest_neighbour", "CE micro-F1, model minus nearest neighbour", (">", 0.0)),
+    ("baselines.no_rerank.ce_micro_f1", "CE micro-F1, the same model's greedy report", None),
     ("bleu_4", "BLEU-4, model", None),
+    ("baselines.no_rerank.bleu_4", "BLEU-4, the same model's greedy report", None),
     ("baselines.nearest_neighbour.bleu_4", "BLEU-4, nearest-neighbour report", None),
     ("explain_pointing_game", "cross-attention pointing game, raw", (">=", 0.6)),
     ("explain_attngrad_pointing_game", "cross-attention pointing game, gradient-weighted", None),
@@ -55,6 +59,14 @@ def derived(metrics: dict) -> dict:
     return out
 
 
+def eval_overrides(config: str) -> list[str]:
+    """The config's eval section as eval.py arguments, so every seed is scored as the config says
+    now (a seed trained before a change of the eval section included)."""
+    section = (yaml.safe_load((ROOT / config).read_text()) or {}).get("eval") or {}
+    return [f"eval.{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in section.items()]
+
+
 def run_seed(config: str, seed: int, out: Path, overrides: list[str]) -> dict:
     """Train (unless `final/` exists) and evaluate (unless its metrics exist) one seed."""
     run_dir = out / f"seed{seed}"
@@ -63,7 +75,8 @@ def run_seed(config: str, seed: int, out: Path, overrides: list[str]) -> dict:
         subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", config, f"train.seed={seed}",
                         f"train.output_dir={run_dir}", *overrides], check=True, cwd=ROOT)
     if not metrics_file.exists():
-        subprocess.run([sys.executable, str(ROOT / "eval.py"), "--checkpoint", str(final)], check=True, cwd=ROOT)
+        subprocess.run([sys.executable, str(ROOT / "eval.py"), "--checkpoint", str(final), *eval_overrides(config)],
+                       check=True, cwd=ROOT)
     return json.loads(metrics_file.read_text())
 
 

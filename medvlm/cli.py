@@ -204,6 +204,9 @@ def generate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=positive_int)
     parser.add_argument("--top-p", type=probability)
     parser.add_argument("--temperature", type=positive_float)
+    parser.add_argument("--rerank-samples", type=nonnegative_int, default=0,
+                        help="best of the report and this many sampled ones by the model's image-text score (0 = off)")
+    parser.add_argument("--rerank-temperature", type=positive_float, default=1.0)
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--weights", choices=typing.get_args(WeightFormat), default="fp32",
                         help="CPU generation with bf16 weights or int8 linear maps (faster; README 'Performance')")
@@ -221,7 +224,8 @@ def generate_main(argv: list[str] | None = None) -> int:
     model, processor, _ = load_trained(_model_dir(args.checkpoint))
     model = for_generation(model, args.weights)
     gen = generation_settings(args.max_new_tokens, args.num_beams, args.no_repeat_ngram_size, args.repetition_penalty,
-                              args.do_sample, args.top_k, args.top_p, args.temperature)
+                              args.do_sample, args.top_k, args.top_p, args.temperature,
+                              rerank_samples=args.rerank_samples, rerank_temperature=args.rerank_temperature)
     bad = BadItems("generate", args.strict)
     if studies is not None:
         return _generate_studies(model, processor, studies, gen, args, bad)

@@ -278,6 +278,12 @@ class EvalConfig:
     # report generation with a static KV cache and a compiled decode step (torch.compile through
     # generate): one compilation per batch shape first, then cheaper steps; README "Performance"
     compile_decoding: bool = False
+    # best-of-N decoding: the usual report plus this many sampled ones per image; the one kept is
+    # the closest to the image by the contrastive head (image_text) or the one whose findings most
+    # samples share (label_consensus: MBR with the labeler as utility); medvlm.tasks.reranking
+    rerank_samples: int = setting(0, min=0, note="0 = off")
+    rerank_temperature: float = setting(1.0, gt=0)
+    rerank_by: Literal["image_text", "label_consensus"] = "image_text"
     # weights of the model that generates the reports on the CPU: bf16 halves the bytes each
     # decoding step reads, int8 (dynamic quantisation of the linear maps) quarters them; README
     # "Performance" gives the speed and how often the reports' CE labels agree with fp32

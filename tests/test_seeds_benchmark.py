@@ -61,3 +61,11 @@ def test_existing_seeds_are_summarised_not_retrained(tmp_path, monkeypatch, caps
 def test_fewer_than_three_seeds_refused(tmp_path):
     with pytest.raises(SystemExit):
         seeds.main(["--out", str(tmp_path), "--seeds", "0", "1"])
+
+
+def test_every_seed_is_evaluated_with_the_configs_eval_section():
+    overrides = seeds.eval_overrides("configs/demo.yaml")
+    assert "eval.split=test" in overrides and any(o.startswith("eval.rerank_") for o in overrides)
+    from medvlm.config import load_config
+    cfg = load_config(seeds.ROOT / "configs/demo.yaml", [])
+    assert load_config(None, overrides).eval == cfg.eval  # the same settings, read back as overrides

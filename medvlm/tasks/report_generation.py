@@ -4,6 +4,7 @@ training report, the nearest training image's report)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections import Counter
@@ -21,43 +22,62 @@ from ..modeling.inference_weights import for_generation
 from ..processing import MedVLMProcessor, prior_report_text
 from ..results import TaskResult
 from .embeddings import image_batches, image_embeddings, on_device
+from .reranking import Rerank, best_candidates, sampled_candidates
 
 
 def generation_settings(max_new_tokens: int = 96, num_beams: int = 1, no_repeat_ngram_size: int = 0,
                         repetition_penalty: float = 1.0, do_sample: bool = False, top_k: int | None = None,
                         top_p: float | None = None, temperature: float | None = None,
-                        compile_decoding: bool = False) -> dict:
+                        compile_decoding: bool = False, rerank_samples: int = 0, rerank_temperature: float = 1.0,
+                        rerank_by: str = "image_text", seed: int = 0) -> dict:
     """`generate` keyword arguments, as `eval.py` (from the eval section) and `medvlm generate`
-    (from its options) both build them; settings at their neutral value are left out."""
+    (from its options) both build them; settings at their neutral value are left out. With
+    `rerank_samples`, "rerank" is for `reports_for_pixels`, not for `generate`."""
     kwargs = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": do_sample}
     optional = {"no_repeat_ngram_size": no_repeat_ngram_size or None, "top_k": top_k, "top_p": top_p,
                 "temperature": temperature, "repetition_penalty": None if repetition_penalty == 1.0 else repetition_penalty}
     kwargs.update({k: v for k, v in optional.items() if v is not None})
     if compile_decoding:  # static KV cache and a compiled decode step (README "Performance")
         kwargs.update(cache_implementation="static", compile_config=compile_on_any_device())
+    if rerank_samples:
+        kwargs["rerank"] = Rerank(rerank_samples, rerank_temperature, seed, rerank_by)
     return kwargs
 
 
-def generation_kwargs(cfg: EvalConfig) -> dict:
-    """`generation_settings` of the run config's eval section."""
+def generation_kwargs(cfg: EvalConfig, rerank: bool = True) -> dict:
+    """`generation_settings` of the run config's eval section (`rerank=False`: the usual report only)."""
     return generation_settings(cfg.max_new_tokens, cfg.num_beams, cfg.no_repeat_ngram_size, cfg.repetition_penalty,
-                               compile_decoding=cfg.compile_decoding)
+                               compile_decoding=cfg.compile_decoding, rerank_samples=cfg.rerank_samples if rerank else 0,
+                               rerank_temperature=cfg.rerank_temperature, rerank_by=cfg.rerank_by, seed=cfg.seed)
 
 
 @torch.no_grad()
 def reports_for_pixels(model, processor: MedVLMProcessor, images: torch.Tensor | dict, prompts: list[str] | None = None,
-                       **gen_kwargs) -> list[str]:
+                       rerank: Rerank | None = None, **gen_kwargs) -> list[str]:
     """One report per row of a batch: pixels (B, C, S, S), or image inputs of `image_batches`
     (studies: pixel_values (B, K, C, S, S), image_views, image_is_prior). `prompts`: the prior
-    reports a `prior_report` processor writes after, one per row."""
+    reports a `prior_report` processor writes after, one per row. `rerank`: best of the usual
+    report and sampled ones by the model's image-text score (`medvlm.tasks.reranking`)."""
     images = on_device(images if isinstance(images, dict) else {"pixel_values": images}, model)
     if prompts is None and processor.prior_report:  # it was trained to write after a prompt: an empty one
         prompts = [""] * len(images["pixel_values"])
+    decode = functools.partial(_decode, model, processor, images, prompts, gen_kwargs)
+    reports = decode()
+    if rerank is None or not rerank.samples:
+        return reports
+    sampled = sampled_candidates(decode, rerank, images["pixel_values"].device)
+    return best_candidates(model, processor, images, reports, sampled, rerank.by)
+
+
+def _decode(model, processor: MedVLMProcessor, images: dict, prompts: list[str] | None, gen_kwargs: dict,
+            **overrides) -> list[str]:
+    """`generate` for the batch (rows in order, each row's `num_return_sequences` together), decoded."""
+    kwargs = {**gen_kwargs, **overrides}
     if prompts is None:
-        return processor.decode(model.generate(**images, **gen_kwargs))
-    prompt = processor.prompts(prompts, reserve=gen_kwargs.get("max_new_tokens", 96))
+        return processor.decode(model.generate(**images, **kwargs))
+    prompt = processor.prompts(prompts, reserve=kwargs.get("max_new_tokens", 96))
     device = images["pixel_values"].device
-    sequences = model.generate(**images, **{k: v.to(device) for k, v in prompt.items()}, **gen_kwargs)
+    sequences = model.generate(**images, **{k: v.to(device) for k, v in prompt.items()}, **kwargs)
     return processor.decode(sequences, skip_prompt=prompt["input_ids"].shape[1])
 
 
@@ -125,14 +145,14 @@ def evaluate_report_generation(model, processor, test_records, train_records, cf
         test_image_embeds = image_embeddings(model, processor, test_records, cfg.batch_size)
     neighbours = (image_embeddings(model, processor, train_records, cfg.batch_size), test_image_embeds)
     for name, reports in baseline_reports(train_records, test_records, cfg.seed, neighbours).items():
-        scores, intervals = _scored_with_intervals(references, reports, ref_labels, label_generated_reports(reports),
-                                                   cfg)
-        metrics.update({f"baselines.{name}.{k}": v for k, v in scores.items()})
-        metrics.update({f"baselines.{name}.ci.{k}": v for k, v in intervals.items() if not k.startswith("ci.")})
+        metrics.update(_as_baseline(name, references, reports, ref_labels, cfg))
         if cfg.field_scorers and name == "nearest_neighbour":  # the strongest baseline; the scorers are slow
             scores = field_scores(references, reports, cfg.field_scorers, cfg.field_scorer_weights)
             metrics.update({f"baselines.{name}.{k}": v for k, v in scores.items()})
     metrics.update(_shuffled_prior_ablation(generator, processor, test_records, references, ref_labels, cfg))
+    if cfg.rerank_samples:  # the same model's usual report: what the reranking adds
+        plain = generate_reports(generator, processor, test_records, cfg.batch_size, **generation_kwargs(cfg, False))
+        metrics.update(_as_baseline("no_rerank", references, plain, ref_labels, cfg))
     metrics["num_samples"] = len(test_records)
     return TaskResult(metrics, {"generations.jsonl": _generations_jsonl(test_records, references, generated,
                                                                         ref_labels, gen_labels)})
@@ -161,9 +181,14 @@ def _shuffled_prior_ablation(model, processor, test_records, references, ref_lab
         return {}
     shuffled = with_shuffled_priors(test_records, cfg.seed)
     reports = generate_reports(model, processor, shuffled, cfg.batch_size, **generation_kwargs(cfg))
+    return _as_baseline("shuffled_prior", references, reports, ref_labels, cfg)
+
+
+def _as_baseline(name: str, references, reports, ref_labels, cfg: EvalConfig) -> dict:
+    """`baselines.<name>.*` scores of `reports` and `baselines.<name>.ci.*` intervals."""
     scores, intervals = _scored_with_intervals(references, reports, ref_labels, label_generated_reports(reports), cfg)
-    return {**{f"baselines.shuffled_prior.{k}": v for k, v in scores.items()},
-            **{f"baselines.shuffled_prior.ci.{k}": v for k, v in intervals.items() if not k.startswith("ci.")}}
+    return {**{f"baselines.{name}.{k}": v for k, v in scores.items()},
+            **{f"baselines.{name}.ci.{k}": v for k, v in intervals.items() if not k.startswith("ci.")}}
 
 
 def _generations_jsonl(records, references, generated, ref_labels, gen_labels) -> str:
@@ -178,9 +203,10 @@ def _labels_json(labels) -> list:
 
 
 def training_evaluator(processor, cfg: EvalConfig):
-    """evaluate_fn for the Trainer: the same generation and scoring code, on a validation subset."""
+    """evaluate_fn for the Trainer: the same generation and scoring code, on a validation subset,
+    without eval.rerank_samples (it multiplies the decoding cost of every evaluation)."""
     def evaluate_subset(model, records) -> dict:
-        generated = generate_reports(model, processor, records, cfg.batch_size, **generation_kwargs(cfg))
+        generated = generate_reports(model, processor, records, cfg.batch_size, **generation_kwargs(cfg, False))
         scores = score_reports([r["text"] for r in records], generated, cfg.uncertain, with_meteor=False)
         return {f"val_{k}": scores[k] for k in ("bleu_4", "cider", "ce_micro_f1", "ce_macro_f1") if k in scores}
 
