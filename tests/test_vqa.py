@@ -103,19 +103,19 @@ def test_finetune_eval_and_answer_on_synthetic_questions(pretrained, tmp_path, c
 
 
 @pytest.mark.skipif(not VQA_RAD_SAMPLE.is_dir(), reason="../shared/data/vqa_rad_sample is absent")
-def test_vqa_rad_sample_loads_fine_tunes_one_epoch_and_scores_the_validation_images(pretrained, tmp_path):
+def test_vqa_rad_sample_loads_fine_tunes_one_epoch_and_scores_the_held_out_images(pretrained, tmp_path):
     from medvlm.data.vqa import load_vqa_rad
 
-    records = load_vqa_rad(VQA_RAD_SAMPLE, validation_fraction=0.2)
+    records = load_vqa_rad(VQA_RAD_SAMPLE, validation_fraction=0.15, test_fraction=0.2)  # the preset's split
     train = [r for r in records if r["split"] == "train"]
-    assert len(records) == 225 and train and any(r["split"] == "validation" for r in records)
+    assert len(records) == 225 and train and {r["split"] for r in records} == {"train", "validation", "test"}
     assert {r["answer_type"] for r in records} == {"closed", "open"}
     assert all(Path(r["image"]).is_file() and r["text"] == r["answer"] for r in records)
     batch_size = 32
     out = tmp_path / "vqa_rad"
     overrides = [t for t in TINY if not t.startswith(("data.options", "train.batch_size", "train.eval"))]
     assert main(["train", "--config", str(ROOT / "configs/vqa_rad.yaml"), f"data.root={VQA_RAD_SAMPLE}",
-                 "data.options={validation_fraction: 0.2}", f"train.init_from={pretrained}",
+                 f"train.init_from={pretrained}",
                  f"train.output_dir={out}", f"train.batch_size={batch_size}",
                  f"train.max_steps={math.ceil(len(train) / batch_size)}",  # one epoch
                  "train.eval_every=3", "train.save_every=0", *overrides]) == 0  # the preset's early stopping on
@@ -123,11 +123,32 @@ def test_vqa_rad_sample_loads_fine_tunes_one_epoch_and_scores_the_validation_ima
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in log if "loss" in r)
     assert any(math.isfinite(r.get("val_loss", math.nan)) for r in log)
-    assert json.loads((out / "run_info.json").read_text())["early_stopping"]["best_step"] in (3, 6)
-    # the preset's eval.split is validation: the held-out images, scored against baselines fitted on train
+    evaluated = {r["step"]: r["val_loss"] for r in log if "val_loss" in r}
+    best = json.loads((out / "run_info.json").read_text())["early_stopping"]["best_step"]
+    assert evaluated[best] == min(evaluated.values())
+    # the preset's eval.split is test: images neither training nor early stopping saw, scored
+    # against baselines fitted on train
     assert main(["eval", "--checkpoint", str(out / "final")]) == 0
     metrics = json.loads((out / "final-eval" / "metrics.json").read_text())
-    held_out = [r for r in records if r["split"] == "validation"]
+    held_out = [r for r in records if r["split"] == "test"]
     assert metrics["num_samples"] == len(held_out)
-    assert {Path(r["image"]).name for r in held_out}.isdisjoint(Path(r["image"]).name for r in train)
+    seen = {Path(r["image"]).name for r in records if r["split"] != "test"}
+    assert seen.isdisjoint(Path(r["image"]).name for r in held_out)
     assert metrics["vqa_closed_candidates"] >= 2 and metrics["vqa_closed_acc_likelihood"] is not None
+
+
+@pytest.mark.skipif(not VQA_RAD_SAMPLE.is_dir(), reason="../shared/data/vqa_rad_sample is absent")
+def test_vqa_rad_test_fraction_holds_out_whole_images_and_leaves_the_old_split_alone():
+    from medvlm.data.vqa import load_vqa_rad
+    from medvlm.errors import UserError
+
+    old = load_vqa_rad(VQA_RAD_SAMPLE, validation_fraction=0.2)
+    assert [r["split"] for r in load_vqa_rad(VQA_RAD_SAMPLE, validation_fraction=0.2, test_fraction=0.0)] == \
+        [r["split"] for r in old]
+    records = load_vqa_rad(VQA_RAD_SAMPLE, validation_fraction=0.15, test_fraction=0.2)
+    images = {split: {Path(r["image"]).name for r in records if r["split"] == split} for split in ("train", "validation", "test")}
+    assert all(images.values())
+    assert not (images["train"] & images["test"] or images["validation"] & images["test"]
+                or images["train"] & images["validation"])
+    with pytest.raises(UserError, match="test_fraction"):
+        load_vqa_rad(VQA_RAD_SAMPLE, validation_fraction=0.5, test_fraction=0.5)

@@ -105,6 +105,7 @@ def load_vqa_rad(
     organs=None,
     chest_only: bool = False,
     validation_fraction: float = 0.0,
+    test_fraction: float = 0.0,
     split_seed: int = 0,
     require_images: bool = True,
     verify_images: bool = False,
@@ -118,14 +119,18 @@ def load_vqa_rad(
       organs: keep only these `image_organ` values (e.g. ["CHEST"]; case-insensitive).
       chest_only: shorthand for organs=["CHEST"].
       validation_fraction: share of training images moved to "validation" (default 0: none).
+      test_fraction: share of training images moved to "test", for a release without its test
+        questions: held-out images that neither training nor early stopping sees (default 0).
       require_images / verify_images: check each image exists (and decodes).
       json_name, images_dir: file and folder names if they differ from the OSF release.
       allow_outside_root: let `image_name` be absolute or lead out of the image folder.
     """
     root = Path(root)
     splits = check_split_arg(split)
-    if not 0.0 <= validation_fraction < 1.0:
-        raise UserError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    if not (0.0 <= validation_fraction < 1.0 and 0.0 <= test_fraction < 1.0
+            and validation_fraction + test_fraction < 1.0):
+        raise UserError(f"validation_fraction and test_fraction must be in [0, 1) with a sum below 1, got "
+                        f"{validation_fraction} and {test_fraction}")
     if chest_only:
         organs = ["CHEST"]
     organs = None if organs is None else {str(o).strip().upper() for o in
@@ -151,11 +156,9 @@ def load_vqa_rad(
             image_name = str(item["image_name"]).strip()
             if str(item.get("phrase_type", "")).strip().lower().startswith("test"):
                 item_split = "test"
-            elif hash_split(image_name, (1.0 - validation_fraction, validation_fraction, 0.0),
-                            split_seed) == "validation":
-                item_split = "validation"
-            else:
-                item_split = "train"
+            else:  # train, or an image held out by the fractions (a split by image)
+                item_split = hash_split(image_name, (1.0 - validation_fraction - test_fraction, validation_fraction,
+                                                     test_fraction), split_seed)
             if splits is not None and item_split not in splits:
                 continue
             image = images(image_name, where=f"{where}, field 'image_name'")
