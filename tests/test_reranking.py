@@ -93,3 +93,14 @@ def test_label_consensus_reranking_through_reports_for_pixels(model_and_processo
     pixels = _pixels(processor)
     kept = reports_for_pixels(model, processor, pixels, rerank=Rerank(4, 1.0, 2, "label_consensus"), max_new_tokens=8)
     assert len(kept) == 3 and all(isinstance(r, str) for r in kept)
+
+
+def test_reranking_after_prompts_keeps_one_report_per_row(model_and_processor):
+    model, processor = model_and_processor  # prompts (a prior's impression) are expanded with the samples
+    pixels = _pixels(processor)
+    prompts = ["Small left pleural effusion.", "", "Unchanged cardiomegaly."]
+    kept = reports_for_pixels(model, processor, pixels, prompts, rerank=Rerank(3, 1.0, 0, "image_text"), max_new_tokens=6)
+    decode = lambda **kw: reports_for_pixels(model, processor, pixels, prompts, max_new_tokens=6, **kw)  # noqa: E731
+    sampled = sampled_candidates(decode, Rerank(3, 1.0, 0), pixels.device)
+    first = reports_for_pixels(model, processor, pixels, prompts, max_new_tokens=6)
+    assert len(kept) == 3 and all(kept[i] in [first[i], *sampled[3 * i:3 * i + 3]] for i in range(3))
