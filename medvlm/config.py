@@ -249,6 +249,9 @@ class TrainConfig:
     # stop once this many evaluations in a row have not lowered the validation loss (needs
     # eval_every > 0 and a validation split); `final` is then the model of the lowest one
     early_stopping_patience: int | None = setting(None, min=1, note="null = off")
+    # the validation figure that counts as an improvement (and picks the best checkpoint kept):
+    # a *loss is minimised, anything else (val_vqa_closed_acc, val_ce_micro_f1, ...) maximised
+    early_stopping_metric: str = "val_loss"
     save_every: int = setting(500, min=0, note="0 = no periodic checkpoints; the final model is saved")
     keep_last: int = setting(2, min=1, note="0 would delete each checkpoint as it is written")
     resume: str | None = None  # None | auto | a checkpoint directory

@@ -396,16 +396,20 @@ class Trainer:
             return
         self._log({"step": step, **results})
         self.state.history.append({"step": step, **results})
-        metric = results.get("val_loss")
+        name, sign = _selection_metric(self.cfg.train)
+        if self.cfg.train.early_stopping_patience and name not in results:
+            raise UserError(f"train.early_stopping_metric={name!r} is not among the validation figures of this run: "
+                            f"{', '.join(sorted(k for k in results if isinstance(results[k], float)))}")
+        metric = results.get(name)
         if metric is not None and math.isfinite(metric) and (self.state.best_metric is None
-                                                             or metric < self.state.best_metric):
+                                                             or sign * metric < sign * self.state.best_metric):
             self.state.best_metric, self.state.best_step = metric, step
             self._save_best(step)
         if self.is_main:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in results.items() if isinstance(v, float))
             tqdm.write(f"[medvlm] step {step}: {shown}")
             if self._patience_spent():
-                tqdm.write(f"[medvlm] early stopping at step {step}: val_loss has not improved in "
+                tqdm.write(f"[medvlm] early stopping at step {step}: {name} has not improved in "
                            f"{self.cfg.train.early_stopping_patience} evaluations since step {self.state.best_step} "
                            f"({self.state.best_metric:.4f})")
 
@@ -415,7 +419,8 @@ class Trainer:
         patience, best = self.cfg.train.early_stopping_patience, self.state.best_step
         if not patience or best is None:
             return False
-        since = [row for row in self.state.history if row["step"] > best and row.get("val_loss") is not None]
+        name = _selection_metric(self.cfg.train)[0]
+        since = [row for row in self.state.history if row["step"] > best and row.get(name) is not None]
         return len(since) >= patience
 
     def _save_best(self, step: int) -> None:
@@ -440,7 +445,8 @@ class Trainer:
                 return history[-1]
             # only the weights matter now: the optimizer, schedule and generators it restores too are not used again
             load_training_checkpoint(path, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler)
-            print(f"[medvlm] final: the model of step {best}, the lowest val_loss ({self.state.best_metric:.4f}); "
+            print(f"[medvlm] final: the model of step {best}, the best {_selection_metric(self.cfg.train)[0]} "
+                  f"({self.state.best_metric:.4f}); "
                   f"training ran to step {self.state.step}")
         return next(row for row in history if row["step"] == best)
 
@@ -456,7 +462,8 @@ class Trainer:
             latest = {k.removeprefix("val_"): v for k, v in latest.items()} if latest else None
             write_atomically(final, lambda tmp: save_model_dir(tmp, model, self.processor, self.cfg, latest))
             atomic_write_text(self.output_dir / STATE_FILE, json.dumps(asdict(self.state), indent=1))
-            stopping = ({"early_stopping": {"best_step": self.state.best_step, "best_val_loss": self.state.best_metric,
+            stopping = ({"early_stopping": {"best_step": self.state.best_step, "metric": _selection_metric(self.cfg.train)[0],
+                                            "best_value": self.state.best_metric,
                                             "stopped_early": self.state.step < self.cfg.train.max_steps}}
                         if self.cfg.train.early_stopping_patience else {})
             update_run_info(self.output_dir, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=self.state.step,
@@ -496,8 +503,15 @@ class Trainer:
                   f"{_counts(training, 'image(s) skipped while training')} (totals in run_info.json)")
 
 
+def _selection_metric(train) -> tuple[str, int]:
+    """(the validation metric the best step is chosen by, +1 when lower is better else -1): a
+    loss is minimised, anything else (an accuracy, an F1) maximised."""
+    name = train.early_stopping_metric
+    return name, 1 if name.endswith("loss") else -1
+
+
 def _check_early_stopping(train, validation_records) -> None:
-    """train.early_stopping_patience counts evaluations of the validation loss: it needs both."""
+    """train.early_stopping_patience counts evaluations of a validation figure: it needs both."""
     if train.early_stopping_patience and not (train.eval_every and validation_records):
         why = "train.eval_every=0" if not train.eval_every else "the validation split is empty"
         raise UserError(f"train.early_stopping_patience={train.early_stopping_patience} counts evaluations of the "

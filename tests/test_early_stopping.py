@@ -45,7 +45,7 @@ def test_early_stopping_stops_and_keeps_the_best(tmp_path, scripted_validation, 
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["step"] == 8 and state["best_step"] == 4 and state["best_metric"] == 2.0
     info = json.loads((out / "run_info.json").read_text())["early_stopping"]
-    assert info == {"best_step": 4, "best_val_loss": 2.0, "stopped_early": True}
+    assert info == {"best_step": 4, "metric": "val_loss", "best_value": 2.0, "stopped_early": True}
     best = out / "checkpoints" / "step-0000004"  # saved when it was the best; pruning keeps it
     assert best.is_dir()
     final, kept, last_step = weights(out / "final"), weights(best), weights(out / "checkpoints" / "step-0000008")
@@ -71,7 +71,7 @@ def test_best_at_the_last_evaluation_is_the_last_model(tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert train(out, "train.max_steps=6", "train.early_stopping_patience=1") == 0
     info = json.loads((out / "run_info.json").read_text())["early_stopping"]
-    assert info == {"best_step": 6, "best_val_loss": 1.0, "stopped_early": False}
+    assert info == {"best_step": 6, "metric": "val_loss", "best_value": 1.0, "stopped_early": False}
 
 
 def test_patience_needs_evaluations(tmp_path, capsys):
@@ -81,3 +81,20 @@ def test_patience_needs_evaluations(tmp_path, capsys):
     assert "early_stopping_patience=3 counts evaluations of the validation loss, but train.eval_every=0" in \
         capsys.readouterr().err
     assert not (tmp_path / "final").exists()
+
+
+def test_an_accuracy_is_maximised(tmp_path, monkeypatch):
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9])
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: {"val_loss": 1.0, "val_vqa_closed_acc": next(scores)})
+    out = tmp_path / "run"
+    assert train(out, "train.max_steps=10", "train.early_stopping_patience=2",
+                 "train.early_stopping_metric=val_vqa_closed_acc") == 0
+    info = json.loads((out / "run_info.json").read_text())["early_stopping"]
+    assert info == {"best_step": 4, "metric": "val_vqa_closed_acc", "best_value": 0.7, "stopped_early": True}
+
+
+def test_an_unknown_metric_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: {"val_loss": 1.0})
+    assert train(tmp_path / "run", "train.max_steps=4", "train.early_stopping_patience=2",
+                 "train.early_stopping_metric=val_closed_acc") == 2
+    assert "val_closed_acc" in capsys.readouterr().err
