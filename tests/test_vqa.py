@@ -123,9 +123,10 @@ def test_vqa_rad_sample_loads_fine_tunes_one_epoch_and_scores_the_held_out_image
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in log if "loss" in r)
     assert any(math.isfinite(r.get("val_loss", math.nan)) for r in log)
-    evaluated = {r["step"]: r["val_loss"] for r in log if "val_loss" in r}
-    best = json.loads((out / "run_info.json").read_text())["early_stopping"]["best_step"]
-    assert evaluated[best] == min(evaluated.values())
+    stopping = json.loads((out / "run_info.json").read_text())["early_stopping"]
+    assert stopping["metric"] == "val_vqa_overall_acc"  # the preset's: an accuracy, maximised
+    evaluated = {r["step"]: r[stopping["metric"]] for r in log if stopping["metric"] in r}
+    assert stopping["best_step"] == max(evaluated, key=lambda step: (evaluated[step], -step))  # the first of equals
     # the preset's eval.split is test: images neither training nor early stopping saw, scored
     # against baselines fitted on train
     assert main(["eval", "--checkpoint", str(out / "final")]) == 0
