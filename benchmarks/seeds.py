@@ -82,9 +82,9 @@ def run_seed(config: str, seed: int, out: Path, overrides: list[str]) -> dict:
 
 def summarise(per_seed: dict[int, dict]) -> list[dict]:
     """One row per figure present in every seed's metrics."""
-    rows = []
+    rows, runs = [], [derived(m) for m in per_seed.values()]  # once per seed, not per figure
     for key, name, target in FIGURES:
-        values = [derived(m).get(key) for m in per_seed.values()]
+        values = [run.get(key) for run in runs]
         if any(not isinstance(v, (int, float)) for v in values):
             continue
         mean = statistics.mean(values)
