@@ -1,4 +1,4 @@
-"""`medvlm` command line: prepare | tokenizer | train | finetune | eval | generate | vqa | retrieve | explain | label.
+"""`medvlm` command line: prepare | tokenizer | train | finetune | eval | generate | vqa | retrieve | explain | label | serve | federate.
 
 Every subcommand is `<name>_main(argv) -> int`, so train.py, eval.py and tests call the same code;
 `run(name, argv)` runs one the way the command line does: a `UserError` (bad config key or value,
@@ -14,7 +14,7 @@ import sys
 import typing
 from pathlib import Path
 
-from .config import ConfigError, WeightFormat, load_config
+from .config import ConfigError, WeightFormat, as_overrides, load_config
 from .errors import UserError
 
 EPILOG = "Overrides: any config key as section.key=value, e.g. train.max_steps=200 data.image_size=96"
@@ -153,7 +153,7 @@ def eval_main(argv: list[str] | None = None) -> int:
                         f"(its COMPLETE manifest would no longer match); give a folder outside it, e.g. {default_out}")
     model, processor, run_cfg = load_trained(checkpoint)
     base = run_cfg.to_dict() if run_cfg else {}
-    cfg = load_config(None, _flatten(base) + args.overrides)
+    cfg = load_config(None, as_overrides(base) + args.overrides)
     test_records = records_for(cfg, cfg.eval.split)
     train_records = records_for(cfg, "train")
     # report model: generation + retrieval + zero-shot (+ localisation); VQA data: answer accuracy;
@@ -162,20 +162,13 @@ def eval_main(argv: list[str] | None = None) -> int:
     metrics, shown = evaluate_checkpoint(model, processor, cfg, test_records, train_records, out, bad)
     write_model_card(out, cfg, metrics, split=cfg.eval.split, name="model_card.md")  # a copy with these metrics
     print(json.dumps({k: metrics.get(k) for k in shown}, indent=1))
+    if (checkpoint / "federation_state.json").is_file():  # a federated model: beside centralised and local-only
+        from .federated.comparison import write_comparison
+
+        print(write_comparison(cfg, checkpoint, test_records, out))
+        print(f"[medvlm] wrote {out}/federated_comparison.md and .json")
     print(f"[medvlm] wrote {out}/metrics.json, {out}/results.md and {out}/model_card.md")
     return bad.finish(metrics.get("num_samples", 0))
-
-
-def _flatten(tree: dict, prefix: str = "") -> list[str]:
-    """A config dict as `section.key=value` overrides (dict-valued settings kept whole)."""
-    items = []
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and not prefix:
-            items += _flatten(value, f"{name}.")
-        else:
-            items.append(f"{name}={json.dumps(value)}")
-    return items
 
 
 # ---------------------------------------------------------------- generate
@@ -504,6 +497,32 @@ def label_main(argv: list[str] | None = None) -> int:
     return run(argv, read_reports)
 
 
+# ---------------------------------------------------------------- federate
+
+def federate_main(argv: list[str] | None = None) -> int:
+    parser = _config_parser("medvlm federate", "Train across sites with Flower (the [federated] extra): a "
+                                               "simulation of federated.sites sites on this machine, resuming after "
+                                               "the newest round checkpoint in train.output_dir.")
+    parser.add_argument("--baselines", action="store_true",
+                        help="then train the comparisons eval.py sets beside it: centralised training on the pooled "
+                             "data with the same total steps, and each site alone")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    try:
+        from .federated.simulation import simulate
+    except ImportError as error:
+        raise UserError(f"medvlm federate needs Flower: pip install 'medvlm[federated]' ({error})") from None
+    from .federated.sites import describe_sites
+
+    describe_sites(cfg)
+    simulate(cfg)
+    if args.baselines:
+        from .federated.comparison import train_baselines
+
+        train_baselines(cfg)
+    return 0
+
+
 COMMANDS = {
     "prepare": prepare_main,
     "tokenizer": tokenizer_main,
@@ -516,6 +535,7 @@ COMMANDS = {
     "explain": explain_main,
     "label": label_main,
     "serve": serve_main,
+    "federate": federate_main,
 }
 
 

@@ -301,12 +301,47 @@ class EvalConfig:
     field_scorer_weights: str | None = None  # a folder holding their weights; default: the packages' caches
 
 
+FederatedStrategy = Literal["fedavg", "fedprox", "fedadam"]  # medvlm.federated.strategies
+
+
+@dataclass
+class FederatedConfig:
+    """`medvlm federate`: Flower training across sites whose data stays where it is (medvlm.federated)."""
+    sites: int = setting(3, min=1, note="the simulated sites; a deployment has as many as connect")
+    rounds: int = setting(10, min=1)
+    local_steps: int = setting(25, min=1)  # optimiser steps each site trains per round, from the global weights
+    strategy: FederatedStrategy = "fedavg"
+    fraction_train: float = setting(1.0, gt=0, max=1)  # the share of sites sampled to train each round
+    min_sites: int = setting(2, min=1)  # a round waits until this many sites are connected
+    # FedProx: mu/2 * ||w - w_global||^2 added to each site's loss (Flower leaves the term to the client)
+    proximal_mu: float = setting(0.01, min=0)
+    # FedAdam: the server's step on the averaged update (eta) and its adaptivity (tau)
+    server_learning_rate: float = setting(0.01, gt=0)
+    server_adaptivity: float = setting(1.0e-3, gt=0)
+    # the report tokenizer without pooling text: "token_counts" trains sentencepiece on the sum
+    # of the sites' word counts (a first federated round); "language_model" is the pretrained
+    # model.text.pretrained_path's own tokenizer, needing no round at all
+    tokenizer: Literal["token_counts", "language_model"] = "token_counts"
+    # a site sends no word it saw fewer times than this: a rare word can name a patient or a place
+    min_token_count: int = setting(3, min=1)
+    # differential privacy, client-side fixed clipping (Flower's wrappers): each site's update is
+    # clipped to this L2 norm and the server adds Gaussian noise of noise_multiplier * norm
+    dp_noise_multiplier: float = setting(0.0, min=0, note="0 = no differential privacy")
+    dp_clipping_norm: float = setting(1.0, gt=0)
+    dp_delta: float = setting(1.0e-5, gt=0, lt=1)  # the delta of the (epsilon, delta) reported
+    secure_aggregation: bool = False  # Flower's SecAgg+: the server sees only the sum of the updates
+    secagg_num_shares: int = setting(3, min=2)
+    secagg_reconstruction_threshold: int = setting(2, min=1)
+    keep_last: int = setting(2, min=1)  # round checkpoints kept (the server resumes from the newest)
+
+
 @dataclass
 class RunConfig:
     model: ModelSettings = field(default_factory=lambda: ModelSettings("medvlm", {}))
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
 
     def to_dict(self) -> dict:
         return {"model": self.model.to_dict(),
@@ -517,6 +552,25 @@ def _check_across_sections(cfg: RunConfig) -> RunConfig:
         raise ConfigError("config keys 'model.contrastive_weight' and 'model.caption_weight' are both 0: "
                           "nothing would be trained")
     return cfg
+
+
+def as_overrides(tree: dict, prefix: str = "") -> list[str]:
+    """A config dict (`RunConfig.to_dict()`) as `section.key=value` overrides, dict-valued
+    settings kept whole: `load_config(None, as_overrides(tree))` rebuilds it."""
+    items = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and not prefix:
+            items += as_overrides(value, f"{name}.")
+        else:
+            items.append(f"{name}={_yaml_value(value)}")
+    return items
+
+
+def _yaml_value(value: Any) -> str:
+    """`value` as YAML that reads back as the same value (1e-05 as 1.0e-05: YAML reads 1e-05 as a string)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf")).strip()
+    return text.removesuffix("...").strip()
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

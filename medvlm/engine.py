@@ -59,14 +59,17 @@ class EpochSampler(Sampler):
         return iter(torch.randperm(self.length, generator=generator).tolist())
 
 
-def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_ratio: float):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """The share of the peak learning rate at `step`: linear warmup, then a cosine down to `min_ratio`."""
+    if step < warmup_steps:
+        return (step + 1) / max(1, warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_ratio: float):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine_factor(step, warmup_steps, total_steps, min_ratio))
 
 
 class _LogWindow:
@@ -93,6 +96,21 @@ class _LogWindow:
         return {k: sum(v) / len(v) for k, v in self.losses.items() if v}
 
 
+@torch.no_grad()
+def mean_losses(model, loader, device) -> dict:
+    """The losses of `model` (LOSS_KEYS it reports) averaged over every sample of `loader`."""
+    totals, count = {k: 0.0 for k in LOSS_KEYS}, 0
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**batch)
+        n = len(batch["pixel_values"])
+        for key in LOSS_KEYS:
+            if getattr(out, key, None) is not None:
+                totals[key] += float(out[key]) * n
+        count += n
+    return {k: v / max(count, 1) for k, v in totals.items() if v}
+
+
 # ---------------------------------------------------------------- the loop
 
 class Trainer:
@@ -106,6 +124,8 @@ class Trainer:
         evaluate_fn: Callable | None = None,
         collate: Callable | None = None,
         resume_path: Path | None | str = "from config",
+        extra_loss: Callable | None = None,
+        show_progress: bool = True,
     ):
         """evaluate_fn(model, records) -> dict of metrics, run every `train.eval_every` steps on
         up to `train.eval_samples` validation records (e.g. generation metrics).
@@ -113,7 +133,10 @@ class Trainer:
         tokens via `Collator`); any model whose output has a `loss` trains here.
         resume_path: the checkpoint `resolve_resume` already chose (None: start fresh), so a
         caller that needed it earlier (for its tokenizer) does not search and report twice;
-        by default `train.resume` is resolved here."""
+        by default `train.resume` is resolved here.
+        extra_loss(model) -> scalar tensor added to every micro-batch's loss before backward
+        (federated FedProx's proximal term: medvlm.federated.local_training).
+        show_progress: the tqdm bar (a federated site's short rounds go without)."""
         self.cfg = run_config
         self.resume_path = resume_path
         t = run_config.train
@@ -139,6 +162,7 @@ class Trainer:
         _check_early_stopping(t, validation_records)
         self.evaluate_fn = evaluate_fn
         self.collate = collate or Collator(processor)
+        self.extra_loss, self.show_progress = extra_loss, show_progress
         groups = tower_learning_rate_groups(model, model.optimizer_groups(t.weight_decay), t.tower_learning_rates)
         self.optimizer = torch.optim.AdamW(groups, lr=t.learning_rate,
                                            betas=(0.9, 0.98), eps=1e-6)
@@ -256,16 +280,7 @@ class Trainer:
         subset = self.validation_records[: self.cfg.train.eval_samples]
         dataset = RecordDataset(subset, self.processor, self.cfg.data.on_error, studies=self.train_set.studies)
         loader = DataLoader(dataset, batch_size=self.cfg.train.batch_size, collate_fn=self.collate)
-        totals, count = {k: 0.0 for k in LOSS_KEYS}, 0
-        for batch in loader:
-            batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
-            out = model(**batch)
-            n = len(batch["pixel_values"])
-            for key in LOSS_KEYS:
-                if getattr(out, key, None) is not None:
-                    totals[key] += float(out[key]) * n
-            count += n
-        results = {f"val_{k}": v / max(count, 1) for k, v in totals.items() if v}
+        results = {f"val_{k}": v for k, v in mean_losses(model, loader, self.accelerator.device).items()}
         if self.evaluate_fn is not None:
             results.update(self.evaluate_fn(model, subset))
         model.train(was_training)
@@ -310,7 +325,7 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
         self.model.train()
-        self.progress = tqdm(total=t.max_steps, initial=self.state.step, desc="train", disable=not self.is_main,
+        self.progress = tqdm(total=t.max_steps, initial=self.state.step, desc="train", disable=not (self.is_main and self.show_progress),
                              dynamic_ncols=True)
         self.batch_stream = self._batches()
         self.window = _LogWindow()
@@ -333,11 +348,12 @@ class Trainer:
             batch = next(self.batch_stream)
             with self.accelerator.accumulate(model):
                 out = model(**batch)
-                finite = self.accelerator.gather(torch.isfinite(out.loss.detach()).reshape(1)).all()
+                loss = out.loss if self.extra_loss is None else out.loss + self.extra_loss(model)
+                finite = self.accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all()
                 if not finite:
                     self.optimizer.zero_grad(set_to_none=True)
                     return False
-                self.accelerator.backward(out.loss)
+                self.accelerator.backward(loss)
                 if self.accelerator.sync_gradients and t.grad_clip > 0:
                     self.accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
                 self.optimizer.step()

@@ -24,19 +24,14 @@ PAD, BOS, EOS, UNK, SEP = "<pad>", "<s>", "</s>", "<unk>", "<sep>"
 SPM_FILE = "sentencepiece.model"
 
 
-def train_sentencepiece(texts: Iterable[str], out_file: str | Path, vocab_size: int = 1000) -> Path:
-    """Train a unigram sentencepiece model (case-folded) and write it to `out_file`.
-
-    `vocab_size` is an upper bound: small corpora get the largest vocabulary they support.
-    """
-    texts = [t.strip() for t in texts if t and t.strip()]
-    if not texts:
-        raise UserError("cannot train a tokenizer: the training split has no non-empty report text")
+def _train_unigram(out_file: str | Path, vocab_size: int, **source) -> Path:
+    """sentencepiece's unigram trainer with medvlm's special ids and case folding, reading
+    `source` (sentence_iterator=..., or input=<tsv> with input_format="tsv")."""
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, _vocab_size_error(vocab_size):
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts),
+            **source,
             model_prefix=f"{tmp}/sp",
             vocab_size=vocab_size,
             model_type="unigram",
@@ -49,6 +44,30 @@ def train_sentencepiece(texts: Iterable[str], out_file: str | Path, vocab_size: 
         )
         shutil.move(f"{tmp}/sp.model", out_file)
     return out_file
+
+
+def train_sentencepiece(texts: Iterable[str], out_file: str | Path, vocab_size: int = 1000) -> Path:
+    """Train a unigram sentencepiece model (case-folded) and write it to `out_file`.
+
+    `vocab_size` is an upper bound: small corpora get the largest vocabulary they support.
+    """
+    texts = [t.strip() for t in texts if t and t.strip()]
+    if not texts:
+        raise UserError("cannot train a tokenizer: the training split has no non-empty report text")
+    return _train_unigram(out_file, vocab_size, sentence_iterator=iter(texts))
+
+
+def train_sentencepiece_from_counts(counts: dict[str, int], out_file: str | Path, vocab_size: int = 1000) -> Path:
+    """The same model trained from word counts alone ({word: times seen}), never the texts: a
+    unigram vocabulary depends on the corpus only through them, as sentencepiece splits on
+    whitespace before it learns pieces (its TSV input: one "word<TAB>count" per line)."""
+    counts = {word: int(n) for word, n in counts.items() if word.strip() and "\t" not in word and n > 0}
+    if not counts:
+        raise UserError("cannot train a tokenizer: no word counts (every site sent none above federated.min_token_count)")
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp) / "counts.tsv"
+        table.write_text("".join(f"{word}\t{n}\n" for word, n in sorted(counts.items())), encoding="utf-8")
+        return _train_unigram(out_file, vocab_size, input=str(table), input_format="tsv")
 
 
 @contextlib.contextmanager
@@ -100,6 +119,17 @@ def train_report_tokenizer(
     """Train on `texts` and save the HF tokenizer plus the sentencepiece model to `out_dir`."""
     out_dir = Path(out_dir)
     spm_file = train_sentencepiece(texts, out_dir / SPM_FILE, vocab_size)
+    tokenizer = fast_tokenizer_from_sentencepiece(spm_file, model_max_length)
+    tokenizer.save_pretrained(str(out_dir))
+    return tokenizer
+
+
+def report_tokenizer_from_counts(
+    counts: dict[str, int], out_dir: str | Path, vocab_size: int = 1000, model_max_length: int = 256
+) -> PreTrainedTokenizerFast:
+    """`train_report_tokenizer` from word counts ({word: times seen}) instead of texts."""
+    out_dir = Path(out_dir)
+    spm_file = train_sentencepiece_from_counts(counts, out_dir / SPM_FILE, vocab_size)
     tokenizer = fast_tokenizer_from_sentencepiece(spm_file, model_max_length)
     tokenizer.save_pretrained(str(out_dir))
     return tokenizer

@@ -15,10 +15,13 @@ SPLITS = ("train", "validation", "test")
 def _synthetic(root, split, image_size, on_error, **options):
     """The built-in synthetic set; besides the sizes and seed, options `views` (1: a PA film per
     study, 2: PA + LATERAL), `prior_share` (the share of studies with a prior study, whose report
-    then states the changes), and `vqa` / `questions_per_study`."""
+    then states the changes), `vqa` / `questions_per_study`, and `hospitals` / `hospital` /
+    `hospital_skew` (simulated sites for federated learning, `medvlm.data.hospitals`)."""
+    from .hospitals import DEFAULT_SKEW, check_options, hospital_records
     from .synthetic import synthetic_records, synthetic_vqa_records
 
-    extra = {"vqa": False, "questions_per_study": 4, "views": 1, "prior_share": 0.0}
+    extra = {"vqa": False, "questions_per_study": 4, "views": 1, "prior_share": 0.0,
+             "hospitals": 0, "hospital": None, "hospital_skew": DEFAULT_SKEW}
     opts = {**SYNTHETIC_DEFAULTS, **extra, **options}
     unknown = set(opts) - set(SYNTHETIC_DEFAULTS) - set(extra)
     if unknown:
@@ -29,6 +32,7 @@ def _synthetic(root, split, image_size, on_error, **options):
     share = opts["prior_share"]
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
         raise UserError(f"data.options.prior_share: a number in [0, 1], got {opts['prior_share']!r}")
+    check_options(opts)
     sizes = [opts["num_train"], opts["num_validation"], opts["num_test"]]
     start = sum(sizes[: SPLITS.index(split)])  # disjoint index ranges keep the splits apart
     common = {"seed": opts["seed"], "image_size": image_size, "split": split, "start_index": start,
@@ -36,6 +40,9 @@ def _synthetic(root, split, image_size, on_error, **options):
     if opts["vqa"]:
         return synthetic_vqa_records(sizes[SPLITS.index(split)], questions_per_study=opts["questions_per_study"],
                                      **common)
+    if opts["hospitals"]:
+        return hospital_records(sizes[SPLITS.index(split)], hospitals=opts["hospitals"], hospital=opts["hospital"],
+                                skew=opts["hospital_skew"], **common)
     return synthetic_records(sizes[SPLITS.index(split)], **common)
 
 
