@@ -332,6 +332,8 @@ class FederatedConfig:
     secure_aggregation: bool = False  # Flower's SecAgg+: the server sees only the sum of the updates
     secagg_num_shares: int = setting(3, min=2)
     secagg_reconstruction_threshold: int = setting(2, min=1)
+    # a site's weight in the secure average is its studies / this (capped at 1): SecAgg+ quantises after weighting
+    secagg_max_weight: float = setting(10000.0, gt=0)
     keep_last: int = setting(2, min=1)  # round checkpoints kept (the server resumes from the newest)
 
 

@@ -117,21 +117,20 @@ def train_report_tokenizer(
     texts: Iterable[str], out_dir: str | Path, vocab_size: int = 1000, model_max_length: int = 256
 ) -> PreTrainedTokenizerFast:
     """Train on `texts` and save the HF tokenizer plus the sentencepiece model to `out_dir`."""
-    out_dir = Path(out_dir)
-    spm_file = train_sentencepiece(texts, out_dir / SPM_FILE, vocab_size)
-    tokenizer = fast_tokenizer_from_sentencepiece(spm_file, model_max_length)
-    tokenizer.save_pretrained(str(out_dir))
-    return tokenizer
+    return _saved(train_sentencepiece(texts, Path(out_dir) / SPM_FILE, vocab_size), model_max_length)
 
 
 def report_tokenizer_from_counts(
     counts: dict[str, int], out_dir: str | Path, vocab_size: int = 1000, model_max_length: int = 256
 ) -> PreTrainedTokenizerFast:
     """`train_report_tokenizer` from word counts ({word: times seen}) instead of texts."""
-    out_dir = Path(out_dir)
-    spm_file = train_sentencepiece_from_counts(counts, out_dir / SPM_FILE, vocab_size)
+    return _saved(train_sentencepiece_from_counts(counts, Path(out_dir) / SPM_FILE, vocab_size), model_max_length)
+
+
+def _saved(spm_file: Path, model_max_length: int) -> PreTrainedTokenizerFast:
+    """The HF tokenizer of a trained sentencepiece model, saved beside it."""
     tokenizer = fast_tokenizer_from_sentencepiece(spm_file, model_max_length)
-    tokenizer.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(spm_file.parent))
     return tokenizer
 
 

@@ -118,3 +118,16 @@ def test_demo_model_config_is_the_preset_completed_from_data_and_tokenizer():
     assert config.vision["token_reduction"] == 16 and config.vision["pool_tokens"] == "max"
     assert config.text["n_embd"] == 192 and config.text["n_positions"] == cfg.data.max_length
     assert config.fusion_null_slot and config.fusion_image_positions and config.embed_dim == 128
+
+
+def test_a_config_written_as_overrides_reads_back_as_the_same_config():
+    """`as_overrides` is how eval and the federated sites rebuild a saved config: small floats
+    (1e-05, which YAML would read as a string) and nested settings must survive the trip."""
+    import json
+
+    from medvlm.config import as_overrides
+
+    cfg = load_config(None, ["federated.dp_delta=1.0e-7", "train.learning_rate=2.5e-5",
+                             "data.options={num_train: 5, hospitals: 3}"])
+    tree = json.loads(json.dumps(cfg.to_dict()))
+    assert load_config(None, as_overrides(tree)).to_dict() == tree

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from safetensors.torch import load_file, save_file
 
 from medvlm.atomic_files import atomic_write_text
@@ -93,7 +93,8 @@ def federated_tokenizer(grid, cfg: RunConfig, out: Path, nodes: list[int], run_c
                             "present at every site, whose tokenizer they share)")
         return b""
     content = RecordDict({"config": ConfigRecord({"run-config": run_config})})
-    messages = [grid.create_message(content, MessageType.QUERY, node, "tokenizer") for node in nodes]
+    messages = [Message(content, dst_node_id=node, message_type=MessageType.QUERY, group_id="tokenizer")
+                for node in nodes]
     replies = _replies_or_error(list(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S)), "tokenizer round")
     counts = Counter()
     for reply in replies:
@@ -126,34 +127,51 @@ def _weighted_mean(per_site: dict, key: str) -> float | None:
     return sum(v * n for v, n in pairs) / total if total else None
 
 
-def run_round(grid, strategy, cfg: RunConfig, server_round: int, arrays: ArrayRecord, base: dict):
-    """(the new global arrays, the round's history row): train on the sampled sites, aggregate,
-    and score the new global weights on every site's validation split."""
-    start, lr = time.perf_counter(), round_learning_rate(cfg, server_round)
-    config = ConfigRecord({**base, "server-round": server_round, "learning-rate": lr})
+def _train_step(grid, strategy, server_round: int, arrays: ArrayRecord, config: ConfigRecord, secure=None):
+    """(the aggregated arrays, what the round's row says of training): through the strategy, or
+    through SecAgg+ (where the server sees no site's own metrics or update)."""
+    if secure is not None:
+        new_arrays = secure.train(server_round, arrays, config)
+        size = payload_bytes(arrays)
+        # the four SecAgg+ stages' messages are Flower's own: only the weights sent are counted here
+        return new_arrays, {"train": {}, "failed_sites": 0, "bytes_to_sites": size * secure.sampled,
+                            "bytes_from_sites": None, "secure_aggregation": "SecAgg+"}
     messages = list(strategy.configure_train(server_round, arrays, config, grid))
     replies = list(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_S))
     trained = _replies_or_error(replies, f"round {server_round} training")
     new_arrays, _ = strategy.aggregate_train(server_round, trained)
     if new_arrays is None:
         raise UserError(f"round {server_round}: the strategy aggregated nothing (see the site errors above)")
+    return new_arrays, {"train": _site_metrics(trained), "failed_sites": len(replies) - len(trained),
+                        "bytes_to_sites": payload_bytes(arrays) * len(messages),
+                        "bytes_from_sites": sum(payload_bytes(r.content["arrays"]) for r in trained)}
+
+
+def run_round(grid, strategy, cfg: RunConfig, server_round: int, arrays: ArrayRecord, base: dict, secure=None):
+    """(the new global arrays, the round's history row): train on the sampled sites, aggregate,
+    and score the new global weights on every site's validation split."""
+    start, lr = time.perf_counter(), round_learning_rate(cfg, server_round)
+    config = ConfigRecord({**base, "server-round": server_round, "learning-rate": lr})
+    new_arrays, training = _train_step(grid, strategy, server_round, arrays, config, secure)
     new_arrays = valid_statistics(new_arrays)
     evaluation = list(strategy.configure_evaluate(server_round, new_arrays, ConfigRecord(dict(base)), grid))
     validated = _replies_or_error(list(grid.send_and_receive(evaluation, timeout=REPLY_TIMEOUT_S)),
                                   f"round {server_round} evaluation")
     validation = _site_metrics(validated)
-    row = {"round": server_round, "learning_rate": lr, "train": _site_metrics(trained), "validation": validation,
-           "val_loss": _weighted_mean(validation, "val_loss"), "failed_sites": len(replies) - len(trained),
-           "bytes_to_sites": payload_bytes(arrays) * len(messages) + payload_bytes(new_arrays) * len(evaluation),
-           "bytes_from_sites": sum(payload_bytes(r.content["arrays"]) for r in trained),
-           "seconds": time.perf_counter() - start}
+    row = {"round": server_round, "learning_rate": lr, **training, "validation": validation,
+           "val_loss": _weighted_mean(validation, "val_loss"), "seconds": time.perf_counter() - start}
+    row["bytes_to_sites"] += payload_bytes(new_arrays) * len(evaluation)
     return new_arrays, row
+
+
+def _back(row: dict) -> str:
+    return "masked updates" if row["bytes_from_sites"] is None else f"{row['bytes_from_sites'] / 1e6:.1f} MB"
 
 
 def _print_row(row: dict, rounds: int) -> None:
     losses = ", ".join(f"{site} {m.get('val_loss', float('nan')):.3f}" for site, m in row["validation"].items())
     print(f"[medvlm] round {row['round']}/{rounds}: val_loss {row['val_loss']:.4f} ({losses}); "
-          f"{row['bytes_to_sites'] / 1e6:.1f} MB to the sites, {row['bytes_from_sites'] / 1e6:.1f} MB back; "
+          f"{row['bytes_to_sites'] / 1e6:.1f} MB to the sites, {_back(row)} back; "
           f"{row['seconds']:.0f} s")
 
 
@@ -209,8 +227,21 @@ def _start(grid, cfg: RunConfig, out: Path, nodes: list[int], run_config: str):
     return processor, to_arrays(site_model(cfg, processor, None)), FederationState(), spm, None
 
 
-def run_federation(grid, cfg: RunConfig) -> Path:
-    """Every round of the federation (resuming after the newest round checkpoint); returns final/."""
+def _secure_training(grid, context, cfg: RunConfig, num_sites: int):
+    """SecAgg+ for the training steps when `federated.secure_aggregation`, else None."""
+    if not cfg.federated.secure_aggregation:
+        return None
+    if context is None:
+        raise UserError("federated.secure_aggregation needs the ServerApp's Flower context (run it through "
+                        "`medvlm federate` or `flwr run`)")
+    from .secure_aggregation import SecureTraining
+
+    return SecureTraining(grid, context, cfg, num_sites, REPLY_TIMEOUT_S)
+
+
+def run_federation(grid, cfg: RunConfig, context=None) -> Path:
+    """Every round of the federation (resuming after the newest round checkpoint); returns final/.
+    `context`: the ServerApp's Flower Context (secure aggregation runs Flower's legacy workflow on it)."""
     f, out = cfg.federated, Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     nodes = wait_for_sites(grid, f.min_sites)
@@ -220,8 +251,9 @@ def run_federation(grid, cfg: RunConfig) -> Path:
     strategy = build_strategy(cfg, len(nodes))
     restore_strategy_state(strategy, resumed / SERVER_OPTIMIZER_FILE if resumed else None, state.accountant)
     base = {"run-config": run_config, "tokenizer": spm}
+    secure = _secure_training(grid, context, cfg, len(nodes))
     for server_round in range(state.round + 1, f.rounds + 1):
-        arrays, row = run_round(grid, strategy, cfg, server_round, arrays, base)
+        arrays, row = run_round(grid, strategy, cfg, server_round, arrays, base, secure)
         row.update(privacy_row(strategy, cfg))
         state.round, state.accountant = server_round, accountant_state(strategy)
         state.history.append(row)
@@ -230,6 +262,8 @@ def run_federation(grid, cfg: RunConfig) -> Path:
         save_round(out, model, processor, cfg, arrays, state, strategy, f"{ROUNDS}/round-{server_round:04d}")
         _prune_rounds(out, f.keep_last)
         atomic_write_text(out / SUMMARY_FILE, json.dumps(asdict(state), indent=1))
+    if secure is not None:
+        secure.close()
     final = save_round(out, model, processor, cfg, arrays, state, strategy, "final")
     print(f"[medvlm] saved {final} (the global model after round {state.round})")
     return final

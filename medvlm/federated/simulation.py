@@ -32,7 +32,7 @@ def simulate(cfg: RunConfig) -> None:
     @server_app.main()
     def main(grid: Grid, context) -> None:
         try:
-            run_federation(grid, cfg)
+            run_federation(grid, cfg, context)
         except BaseException as error:  # the simulation engine logs and swallows it: hand it back
             failures.append(error)
             raise

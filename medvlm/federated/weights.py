@@ -66,3 +66,11 @@ def valid_statistics(arrays: ArrayRecord, floor: float = 1e-5) -> ArrayRecord:
         if name.endswith(".running_var"):
             tensors[name] = value.clamp_min(floor)
     return ArrayRecord(tensors)
+
+
+def names_in_order(cfg, processor) -> list[str]:
+    """The travelling tensors' names in the order every end lists them (a legacy, unnamed
+    parameter list, as SecAgg+ sends, is read in this order)."""
+    from .local_training import site_model
+
+    return list(travelling_tensors(site_model(cfg, processor, None)))
