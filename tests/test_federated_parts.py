@@ -121,3 +121,25 @@ def test_differential_privacy_wraps_the_strategy_with_flowers_accountant(federat
     assert strategy.accountant is not None and strategy.num_sampled_clients == 3
     cfg.federated.strategy = "fedadam"  # Flower accounts for FedAvg's aggregation only: no epsilon claimed
     assert build_strategy(cfg, 3).accountant is None
+
+
+def test_the_language_model_tokenizer_needs_a_pretrained_language_model(federation):
+    from medvlm.federated.server import federated_tokenizer
+
+    cfg = copy.deepcopy(federation[0])
+    cfg.data.tokenizer, cfg.federated.tokenizer = None, "language_model"
+    with pytest.raises(UserError, match="needs model.text.pretrained_path"):
+        federated_tokenizer(None, cfg, None, [], "{}")
+
+
+def test_the_comparison_table_names_a_baseline_not_trained_and_shows_intervals():
+    from medvlm.federated.comparison import comparison_markdown
+
+    records = [{"site": "icu"}, {"site": "icu"}, {"site": "general"}]
+    scores = {"ce_micro_f1": [0.5, 0.4, 0.6], "bleu_4": [0.2, 0.1, 0.3]}
+    table = {"federated": {"pooled": scores, "icu": scores, "general": scores},
+             "local icu": {"missing": "not trained"}}
+    text = comparison_markdown(table, records)
+    assert "pooled (n=3) CE micro-F1" in text and "icu (n=2) CE micro-F1" in text
+    assert "| federated | 0.500 [0.400, 0.600] | 0.200 [0.100, 0.300] |" in text
+    assert text.splitlines()[-1].startswith("| local icu | not trained")
