@@ -143,3 +143,19 @@ def test_the_comparison_table_names_a_baseline_not_trained_and_shows_intervals()
     assert "pooled (n=3) CE micro-F1" in text and "icu (n=2) CE micro-F1" in text
     assert "| federated | 0.500 [0.400, 0.600] | 0.200 [0.100, 0.300] |" in text
     assert text.splitlines()[-1].startswith("| local icu | not trained")
+
+
+def test_a_site_that_fails_is_named_and_the_round_goes_on_with_the_others(capsys):
+    from types import SimpleNamespace
+
+    from medvlm.federated.server import _replies_or_error
+
+    def reply(node, reason=None):
+        return SimpleNamespace(has_error=lambda: reason is not None, error=SimpleNamespace(reason=reason),
+                               metadata=SimpleNamespace(src_node_id=node))
+
+    good = reply(1)
+    assert _replies_or_error([good, reply(2, "data.root: /srv/cxr does not exist")], "round 3 training") == [good]
+    assert "site node 2 failed: data.root: /srv/cxr does not exist" in capsys.readouterr().out
+    with pytest.raises(UserError, match="no site succeeded .*disk full"):
+        _replies_or_error([reply(2, "disk full")], "round 3 training")

@@ -142,12 +142,12 @@ def test_empty_generations_score_zero_and_are_counted():
 
 def test_eval_leaves_out_an_unreadable_test_image_counts_it_and_writes_the_rest(pretrained, tmp_path, capsys,
                                                                                  monkeypatch):
-    from medvlm.config import load_config
+    from medvlm.config import as_overrides, load_config
     from medvlm.runs import load_trained, records_for
     from medvlm.tasks.evaluate import evaluate_checkpoint
 
     model, processor, run_cfg = load_trained(pretrained)
-    cfg = load_config(None, [f"{k}={json.dumps(v)}" for k, v in _flat(run_cfg.to_dict())] + ["eval.max_samples=4"])
+    cfg = load_config(None, as_overrides(run_cfg.to_dict()) + ["eval.max_samples=4"])
     test, train = records_for(cfg, "test")[:4], records_for(cfg, "train")[:8]
     for i, record in enumerate(test):
         path = tmp_path / f"test{i}.png"
@@ -166,12 +166,6 @@ def test_eval_leaves_out_an_unreadable_test_image_counts_it_and_writes_the_rest(
     assert "test2.png" in capsys.readouterr().err
     assert len((tmp_path / "eval" / "generations.jsonl").read_text().splitlines()) == 3
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["skipped"] == 1
-
-
-def _flat(tree: dict):
-    for section, values in tree.items():
-        for key, value in values.items():
-            yield f"{section}.{key}", value
 
 
 # ---- label
