@@ -13,7 +13,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from sentencepiece import sentencepiece_model_pb2
+# transformers' own copy of sentencepiece's model schema: sentencepiece 0.2.3's generated file
+# needs protobuf >= 7, which Flower (the federated extra) does not allow
+from transformers.utils import sentencepiece_model_pb2_new as sentencepiece_model_pb2
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from . import tokenization
